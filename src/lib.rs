@@ -2,5 +2,17 @@
 //! TLS-like protocol.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod crypto;
+pub mod frame;
+pub mod handshake;
+pub mod logging;
+pub mod message;
 pub mod pki;
+pub mod record;
+pub mod server;
+pub mod session;
+#[doc(hidden)]
+pub mod testkit;

@@ -1,1 +1,6 @@
-fn main() {}
+//! The `secured` binary: all logic lives in the library; see `secured::cli`.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    secured::cli::main()
+}

@@ -19,6 +19,7 @@ pub mod cipher;
 pub mod kdf;
 mod rustcrypto;
 pub mod transcript;
+pub mod x509;
 
 use std::fmt;
 use std::sync::Arc;
@@ -70,7 +71,9 @@ pub enum CryptoError {
     #[error("not a valid RSA key")]
     InvalidKey,
     /// The RSA key is outside the accepted sizes.
-    #[error("RSA key of {bits} bits is outside the accepted range ({MIN_RSA_BITS}..={MAX_RSA_BITS} bits)")]
+    #[error(
+        "RSA key of {bits} bits is outside the accepted range ({MIN_RSA_BITS}..={MAX_RSA_BITS} bits)"
+    )]
     KeySize {
         /// Modulus size of the rejected key.
         bits: usize,

@@ -42,14 +42,13 @@ impl RsaBackend for RustCryptoRsa {
         check_bits(bits)?;
         let mut rng = getrandom::SysRng;
         let key = rsa::PrivateKey::new(&mut rng, bits).map_err(|_| CryptoError::KeyGeneration)?;
-        let doc = key
-            .to_pkcs8_der()
-            .map_err(|_| CryptoError::KeyGeneration)?;
+        let doc = key.to_pkcs8_der().map_err(|_| CryptoError::KeyGeneration)?;
         Ok(Zeroizing::new(doc.as_bytes().to_vec()))
     }
 
     fn load_private_key(&self, pkcs8_der: &[u8]) -> Result<Arc<dyn RsaPrivateKey>, CryptoError> {
-        let key = rsa::PrivateKey::from_pkcs8_der(pkcs8_der).map_err(|_| CryptoError::InvalidKey)?;
+        let key =
+            rsa::PrivateKey::from_pkcs8_der(pkcs8_der).map_err(|_| CryptoError::InvalidKey)?;
         check_bits(key.n().bit_width() as usize)?;
         let public = key.to_public_key();
         let spki = public
@@ -64,7 +63,8 @@ impl RsaBackend for RustCryptoRsa {
     }
 
     fn load_public_key(&self, spki_der: &[u8]) -> Result<Arc<dyn RsaPublicKey>, CryptoError> {
-        let key = rsa::PublicKey::from_public_key_der(spki_der).map_err(|_| CryptoError::InvalidKey)?;
+        let key =
+            rsa::PublicKey::from_public_key_der(spki_der).map_err(|_| CryptoError::InvalidKey)?;
         check_bits(key.n().bit_width() as usize)?;
         Ok(Arc::new(PublicKey(key)))
     }

@@ -1,0 +1,203 @@
+//! `secured device …`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use clap::{Args, Subcommand};
+
+use super::CliError;
+use crate::client::{ClientSettings, DeviceClient};
+use crate::config::{DEFAULT_LISTEN, FileConfig};
+use crate::crypto::default_provider;
+use crate::handshake::DeviceConfig;
+use crate::pki::{Identity, Role, ServerName, TrustAnchor, verify_peer};
+
+#[derive(Debug, Args)]
+pub(super) struct DeviceArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    action: Action,
+}
+
+/// Where and as whom a device connects.
+#[derive(Debug, Args)]
+pub(super) struct ConnArgs {
+    /// Server address, host:port [default: 127.0.0.1:7443].
+    #[arg(long, global = true, value_name = "ADDR")]
+    server: Option<String>,
+    /// Name the server's certificate must carry [default: the host part of --server].
+    #[arg(long, global = true, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Device name: selects certs/NAME.pem and keys/NAME.key [default: device-1].
+    #[arg(long, global = true, value_name = "NAME")]
+    name: Option<String>,
+    /// Device certificate (PEM); overrides the one --name selects.
+    #[arg(long, global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Device private key (PKCS#8 PEM); overrides the one --name selects.
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA certificate that issued the server's certificate [default: certs/ca.pem].
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Send a text message (use - to read it from standard input).
+    SendText {
+        /// The text, UTF-8, at most 32768 bytes.
+        text: String,
+    },
+}
+
+/// The resolved connection settings.
+pub(super) struct Resolved {
+    pub(super) addr: String,
+    pub(super) config: DeviceConfig,
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => addr,
+    }
+}
+
+pub(super) fn resolve(args: &ConnArgs, file: &FileConfig) -> Result<Resolved, CliError> {
+    let f = &file.device;
+    let addr = args
+        .server
+        .clone()
+        .or_else(|| f.server.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let name = args
+        .name
+        .clone()
+        .or_else(|| f.name.clone())
+        .unwrap_or_else(|| "device-1".to_owned());
+    let certs = file
+        .pki
+        .certs_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("certs"));
+    let keys = file
+        .pki
+        .keys_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("keys"));
+    let cert = args
+        .cert
+        .clone()
+        .or_else(|| f.cert.clone())
+        .unwrap_or_else(|| certs.join(format!("{name}.pem")));
+    let key = args
+        .key
+        .clone()
+        .or_else(|| f.key.clone())
+        .unwrap_or_else(|| keys.join(format!("{name}.key")));
+    let ca = args
+        .ca
+        .clone()
+        .or_else(|| f.ca.clone())
+        .unwrap_or_else(|| certs.join("ca.pem"));
+    let server_name_text = args
+        .server_name
+        .clone()
+        .or_else(|| f.server_name.clone())
+        .unwrap_or_else(|| host_of(&addr).to_owned());
+    let server_name: ServerName = server_name_text
+        .parse()
+        .map_err(|e| CliError::Usage(format!("invalid server name {server_name_text:?}: {e}")))?;
+
+    Ok(Resolved {
+        addr,
+        config: load_device_config(&cert, &key, &ca, server_name)?,
+    })
+}
+
+/// Loads and cross-checks the device's certificate, key and CA.
+pub(super) fn load_device_config(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    server_name: ServerName,
+) -> Result<DeviceConfig, CliError> {
+    let provider = default_provider();
+    let anchor = TrustAnchor::load(ca, provider)?;
+    let identity = Identity::load(cert, key, provider)?;
+    verify_peer(
+        &anchor,
+        identity.cert_der(),
+        Role::Device,
+        None,
+        SystemTime::now(),
+    )
+    .map_err(|e| {
+        CliError::Other(format!(
+            "{} cannot be used with the CA in {}: {e}",
+            cert.display(),
+            ca.display()
+        ))
+    })?;
+    Ok(DeviceConfig {
+        identity: Arc::new(identity),
+        anchor: Arc::new(anchor),
+        server_name,
+        provider,
+    })
+}
+
+pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliError> {
+    match args.action {
+        Action::SendText { text } => {
+            let text = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                    CliError::Other(format!("cannot read the text from standard input: {e}"))
+                })?;
+                s
+            } else {
+                text
+            };
+            let resolved = resolve(&args.conn, file)?;
+            let device = resolved.config.identity.name().to_owned();
+            let started = Instant::now();
+            let mut client =
+                DeviceClient::connect(&resolved.addr, resolved.config, ClientSettings::default())
+                    .await?;
+            let server = client.server().name().to_owned();
+            let ack = client.send_text(&text).await?;
+            client.close().await?;
+            println!(
+                "sent {} bytes as {device} to {server} ({}), stream {}: {} in {} ms",
+                text.len(),
+                resolved.addr,
+                ack.stream,
+                ack.status,
+                started.elapsed().as_millis()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_part() {
+        assert_eq!(host_of("127.0.0.1:7443"), "127.0.0.1");
+        assert_eq!(host_of("example.net:1"), "example.net");
+        assert_eq!(host_of("[::1]:7443"), "::1");
+        assert_eq!(host_of("example.net"), "example.net");
+    }
+}

@@ -1,0 +1,149 @@
+//! The command line: argument parsing (clap derive) and the adapters from
+//! options to library calls. `main.rs` only calls [`main`].
+
+mod demo;
+mod device;
+mod pki;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::ClientError;
+use crate::config::{ConfigError, FileConfig};
+use crate::logging::{self, LogFormat};
+use crate::pki::PkiError;
+
+/// secured: send text, images and video from devices to a server over a
+/// mutually authenticated, encrypted protocol.
+#[derive(Debug, Parser)]
+#[command(name = "secured", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// TOML configuration file; command-line flags override it.
+    #[arg(long, global = true, env = "SECURED_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format: human-readable text or JSON lines (for journald and pipes).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  secured pki init                          # CA, server and device-1 certificates in certs/ and keys/
+  secured serve                             # listen on 127.0.0.1:7443 with those files
+  secured device send-text 'hello'          # as device-1, to 127.0.0.1:7443
+  secured demo                              # all of the above in a temporary folder";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server daemon.
+    Serve(serve::ServeArgs),
+    /// Act as a device: send to a server.
+    Device(device::DeviceArgs),
+    /// Manage the private CA and its certificates.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+    /// Run a complete demonstration on loopback in a temporary folder.
+    Demo(demo::DemoArgs),
+}
+
+/// Paths of the PKI folders, shared by several commands.
+#[derive(Debug, Args, Clone)]
+struct PkiDirs {
+    /// Folder of certificates.
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<PathBuf>,
+    /// Folder of private keys.
+    #[arg(long, value_name = "DIR")]
+    keys_dir: Option<PathBuf>,
+}
+
+impl PkiDirs {
+    fn resolve(&self, file: &FileConfig) -> crate::pki::PkiPaths {
+        crate::pki::PkiPaths {
+            certs_dir: self
+                .certs_dir
+                .clone()
+                .or_else(|| file.pki.certs_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("certs")),
+            keys_dir: self
+                .keys_dir
+                .clone()
+                .or_else(|| file.pki.keys_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("keys")),
+        }
+    }
+}
+
+/// Everything that can stop a command, as one sentence for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Configuration file problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificate or key problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Device-side failure.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A bad option value.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else, already phrased for the user.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Parses the command line, runs the command and turns the outcome into an
+/// exit status: 0 on success, 1 with one sentence on standard error
+/// otherwise (2 for unparseable arguments, from clap).
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Demo(_) => "info",
+        _ => "warn",
+    };
+    let format = cli.log_format.or(file.log.format).unwrap_or_default();
+    let level = cli
+        .log_level
+        .clone()
+        .or_else(|| file.log.level.clone())
+        .unwrap_or_else(|| default_level.to_owned());
+    logging::init(format, &level);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args, &file).await,
+            Command::Device(args) => device::run(args, &file).await,
+            Command::Pki(cmd) => pki::run(cmd, &file),
+            Command::Demo(args) => demo::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,142 @@
+//! `secured pki …`.
+
+use clap::{Subcommand, ValueEnum};
+
+use super::{CliError, PkiDirs};
+use crate::config::FileConfig;
+use crate::crypto::default_provider;
+use crate::pki::{self, InitOptions, IssueOptions, Role, ServerName};
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PkiCommand {
+    /// Create a CA, a server certificate and a device certificate.
+    Init {
+        #[command(flatten)]
+        dirs: PkiDirs,
+        /// Name the server certificate is valid for (DNS name or IP address);
+        /// repeat for several [default: localhost and 127.0.0.1].
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<ServerName>,
+        /// Name of the first device.
+        #[arg(long, value_name = "NAME", default_value = "device-1")]
+        device: String,
+        /// RSA key size of the CA.
+        #[arg(long, value_name = "BITS", default_value_t = 3072)]
+        ca_bits: usize,
+        /// RSA key size of the server and device keys.
+        #[arg(long, value_name = "BITS", default_value_t = 2048)]
+        bits: usize,
+        /// Validity of the server and device certificates, in days.
+        #[arg(long, value_name = "DAYS", default_value_t = 825)]
+        days: u32,
+        /// Replace existing certificates and keys.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a further server or device certificate with the CA in the
+    /// certificate folder.
+    Issue {
+        #[command(flatten)]
+        dirs: PkiDirs,
+        /// What the certificate is for.
+        #[arg(long, value_enum)]
+        role: IssueRole,
+        /// Device name, or the server's primary name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Further names of a server certificate (DNS name or IP address); repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<ServerName>,
+        /// RSA key size.
+        #[arg(long, value_name = "BITS", default_value_t = 2048)]
+        bits: usize,
+        /// Validity in days.
+        #[arg(long, value_name = "DAYS", default_value_t = 825)]
+        days: u32,
+        /// Replace an existing certificate and key of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum IssueRole {
+    /// A server certificate (serverAuth).
+    Server,
+    /// A device certificate (clientAuth).
+    Device,
+}
+
+pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
+    let provider = default_provider();
+    let written = match cmd {
+        PkiCommand::Init {
+            dirs,
+            server_names,
+            device,
+            ca_bits,
+            bits,
+            days,
+            force,
+        } => {
+            let defaults = InitOptions::default();
+            let opts = InitOptions {
+                server_names: if server_names.is_empty() {
+                    defaults.server_names.clone()
+                } else {
+                    server_names
+                },
+                device_name: device,
+                ca_bits,
+                leaf_bits: bits,
+                validity_days: days,
+                force,
+                ..defaults
+            };
+            pki::init(&dirs.resolve(file), &opts, provider)?
+        }
+        PkiCommand::Issue {
+            dirs,
+            role,
+            name,
+            sans,
+            bits,
+            days,
+            force,
+        } => {
+            let role = match role {
+                IssueRole::Server => Role::Server,
+                IssueRole::Device => Role::Device,
+            };
+            let mut names = Vec::new();
+            if role == Role::Server {
+                let primary: ServerName = name
+                    .parse()
+                    .map_err(|e| CliError::Usage(format!("invalid server name {name:?}: {e}")))?;
+                names.push(primary);
+                names.extend(sans);
+            } else if !sans.is_empty() {
+                return Err(CliError::Usage(
+                    "--san applies to server certificates only".into(),
+                ));
+            }
+            let opts = IssueOptions {
+                bits,
+                validity_days: days,
+            };
+            pki::issue_files(
+                &dirs.resolve(file),
+                role,
+                &name,
+                &names,
+                &opts,
+                force,
+                provider,
+            )?
+        }
+    };
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `secured serve`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use crate::config::{DEFAULT_LISTEN, FileConfig};
+use crate::crypto::default_provider;
+use crate::handshake::ServerConfig;
+use crate::pki::{Identity, Role, TrustAnchor, verify_peer};
+use crate::server::{self, ServerSettings};
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Server certificate (PEM) [default: certs/server.pem].
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Server private key (PKCS#8 PEM) [default: keys/server.key].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA certificate that issued the device certificates [default: certs/ca.pem].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Folder for received data, one subfolder per device [default: data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seconds a device has to complete the handshake [default: 10].
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout: Option<u64>,
+    /// Seconds of silence before an established session is closed [default: 300].
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Most sessions served at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+/// Loads and cross-checks the server's certificate, key and CA.
+pub(super) fn load_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<ServerConfig, CliError> {
+    let provider = default_provider();
+    let anchor = TrustAnchor::load(ca, provider)?;
+    let identity = Identity::load(cert, key, provider)?;
+    verify_peer(
+        &anchor,
+        identity.cert_der(),
+        Role::Server,
+        None,
+        SystemTime::now(),
+    )
+    .map_err(|e| {
+        CliError::Other(format!(
+            "{} cannot serve with the CA in {}: {e}",
+            cert.display(),
+            ca.display()
+        ))
+    })?;
+    Ok(ServerConfig {
+        identity: Arc::new(identity),
+        anchor: Arc::new(anchor),
+        provider,
+    })
+}
+
+pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliError> {
+    let f = &file.server;
+    let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, default: &str| {
+        flag.clone()
+            .or_else(|| conf.clone())
+            .unwrap_or_else(|| PathBuf::from(default))
+    };
+    let cert = pick(&args.cert, &f.cert, "certs/server.pem");
+    let key = pick(&args.key, &f.key, "keys/server.key");
+    let ca = pick(&args.ca, &f.ca, "certs/ca.pem");
+    let data_dir = pick(&args.data_dir, &f.data_dir, "data");
+    let listen = args
+        .listen
+        .or_else(|| f.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let defaults = ServerSettings::default();
+    let settings = ServerSettings {
+        handshake_timeout: args
+            .handshake_timeout
+            .or(f.handshake_timeout_secs)
+            .map_or(defaults.handshake_timeout, Duration::from_secs),
+        idle_timeout: args
+            .idle_timeout
+            .or(f.idle_timeout_secs)
+            .map_or(defaults.idle_timeout, Duration::from_secs),
+        max_connections: args
+            .max_connections
+            .or(f.max_connections)
+            .unwrap_or(defaults.max_connections),
+        data_dir: data_dir.clone(),
+    };
+    if settings.max_connections == 0 {
+        return Err(CliError::Usage(
+            "--max-connections must be at least 1".into(),
+        ));
+    }
+
+    let config = load_server_config(&cert, &key, &ca)?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| {
+        CliError::Other(format!(
+            "cannot create data folder {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    server::run(listener, config, settings, shutdown)
+        .await
+        .map_err(|e| CliError::Other(format!("server failed: {e}")))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

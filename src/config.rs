@@ -1,0 +1,220 @@
+//! The TOML configuration file. Every key is optional; command-line flags
+//! override the file, and the file overrides the built-in defaults.
+//! Relative paths in the file are taken relative to the file's folder.
+//!
+//! ```toml
+//! [log]
+//! format = "json"          # or "text"
+//! level = "info"
+//!
+//! [server]
+//! listen = "0.0.0.0:7443"
+//! cert = "certs/server.pem"
+//! key = "keys/server.key"
+//! ca = "certs/ca.pem"
+//! data_dir = "data"
+//! handshake_timeout_secs = 10
+//! idle_timeout_secs = 300
+//! max_connections = 1024
+//!
+//! [device]
+//! server = "server.example.net:7443"
+//! server_name = "server.example.net"
+//! name = "device-1"        # selects certs/<name>.pem and keys/<name>.key
+//! cert = "certs/device-1.pem"
+//! key = "keys/device-1.key"
+//! ca = "certs/ca.pem"
+//!
+//! [pki]
+//! certs_dir = "certs"
+//! keys_dir = "keys"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::logging::LogFormat;
+
+/// The default listening address of `secured serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
+/// Errors reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid for this program.
+    #[error("configuration file {}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line of the problem, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Output format.
+    pub format: Option<LogFormat>,
+    /// Filter directive.
+    pub level: Option<String>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listening address.
+    pub listen: Option<String>,
+    /// Server certificate.
+    pub cert: Option<PathBuf>,
+    /// Server private key.
+    pub key: Option<PathBuf>,
+    /// CA certificate that issues device certificates.
+    pub ca: Option<PathBuf>,
+    /// Data folder.
+    pub data_dir: Option<PathBuf>,
+    /// Handshake limit in seconds.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Idle limit in seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// Most concurrent sessions.
+    pub max_connections: Option<usize>,
+}
+
+/// `[device]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    /// Server address, `host:port`.
+    pub server: Option<String>,
+    /// Name the server certificate must carry.
+    pub server_name: Option<String>,
+    /// Device name; selects default certificate and key files.
+    pub name: Option<String>,
+    /// Device certificate.
+    pub cert: Option<PathBuf>,
+    /// Device private key.
+    pub key: Option<PathBuf>,
+    /// CA certificate that issues the server certificate.
+    pub ca: Option<PathBuf>,
+}
+
+/// `[pki]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PkiSection {
+    /// Certificate folder.
+    pub certs_dir: Option<PathBuf>,
+    /// Private key folder.
+    pub keys_dir: Option<PathBuf>,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[server]`
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[device]`
+    #[serde(default)]
+    pub device: DeviceSection,
+    /// `[pki]`
+    #[serde(default)]
+    pub pki: PkiSection,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`, resolving relative paths against its folder.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file (and line) at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+            message: e.message().trim().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        fix(&mut self.server.cert);
+        fix(&mut self.server.key);
+        fix(&mut self.server.ca);
+        fix(&mut self.server.data_dir);
+        fix(&mut self.device.cert);
+        fix(&mut self.device.key);
+        fix(&mut self.device.ca);
+        fix(&mut self.pki.certs_dir);
+        fix(&mut self.pki.keys_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secured.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:1\"\ncert = \"c.pem\"\nkey = \"/abs/k\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let cfg = FileConfig::load(&path).unwrap();
+        assert_eq!(cfg.server.listen.as_deref(), Some("0.0.0.0:1"));
+        assert_eq!(cfg.server.cert, Some(dir.path().join("c.pem")));
+        assert_eq!(cfg.server.key, Some(PathBuf::from("/abs/k")));
+        assert_eq!(cfg.log.format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nlisten = \"x\"\nlisen = \"y\"\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("bad.toml, line 3"), "{err}");
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = FileConfig::load(Path::new("/nonexistent/secured.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot read configuration file /nonexistent/secured.toml"));
+    }
+}

@@ -1,0 +1,94 @@
+//! Alert codes (proto-spec.md §9).
+
+use super::DecodeError;
+use super::codec::Reader;
+
+macro_rules! alert_codes {
+    ($($(#[$doc:meta])* $name:ident = $value:literal, $text:literal;)*) => {
+        /// The code carried by an `ALRT` message. Unknown codes are kept.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum AlertCode {
+            $($(#[$doc])* $name,)*
+            /// A code this version does not define.
+            Unknown(u16),
+        }
+
+        impl AlertCode {
+            /// The wire value.
+            #[must_use]
+            pub fn to_u16(self) -> u16 {
+                match self {
+                    $(Self::$name => $value,)*
+                    Self::Unknown(v) => v,
+                }
+            }
+
+            /// The code for a wire value.
+            #[must_use]
+            pub fn from_u16(v: u16) -> Self {
+                match v {
+                    $($value => Self::$name,)*
+                    other => Self::Unknown(other),
+                }
+            }
+
+            /// The registered name, e.g. `bad_certificate`.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$name => $text,)*
+                    Self::Unknown(_) => "unknown",
+                }
+            }
+        }
+    };
+}
+
+alert_codes! {
+    /// A message arrived that is not allowed at this point.
+    UnexpectedMessage = 10, "unexpected_message";
+    /// A protected record failed authentication.
+    BadRecordMac = 20, "bad_record_mac";
+    /// A frame or record exceeded a size limit.
+    RecordOverflow = 22, "record_overflow";
+    /// A message could not be decoded.
+    DecodeError = 30, "decode_error";
+    /// The handshake failed (e.g. a Finished MAC did not verify).
+    HandshakeFailure = 40, "handshake_failure";
+    /// The device's proof of possession (PREM signature) did not verify.
+    DecryptError = 41, "decrypt_error";
+    /// A certificate is malformed or fails a check not covered below.
+    BadCertificate = 42, "bad_certificate";
+    /// A certificate uses an algorithm or extension this version does not accept.
+    UnsupportedCertificate = 43, "unsupported_certificate";
+    /// A certificate is not valid yet.
+    CertificateNotYetValid = 44, "certificate_not_yet_valid";
+    /// A certificate has expired.
+    CertificateExpired = 45, "certificate_expired";
+    /// A certificate is for the wrong role (server vs device) or name.
+    CertificateRole = 46, "certificate_role";
+    /// A certificate was not issued by the trusted CA.
+    UnknownCa = 48, "unknown_ca";
+    /// No protocol version in common.
+    ProtocolVersion = 70, "protocol_version";
+    /// The sender failed internally.
+    InternalError = 80, "internal_error";
+    /// A time limit ran out.
+    Timeout = 90, "timeout";
+    /// The server is shutting down or at capacity; try again later.
+    Unavailable = 100, "unavailable";
+}
+
+impl std::fmt::Display for AlertCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.to_u16())
+    }
+}
+
+pub(super) fn decode(body: &[u8]) -> Result<AlertCode, DecodeError> {
+    let mut r = Reader::new("ALRT", body);
+    let code = AlertCode::from_u16(r.u16("code")?);
+    r.finish()?;
+    Ok(code)
+}

@@ -1,0 +1,185 @@
+//! Handshake messages: `HELO`, `PREM`, `FINI` (proto-spec.md §5).
+
+use super::DecodeError;
+use super::codec::{Reader, put_vec_u16};
+use crate::crypto::kdf::NONCE_LEN;
+
+/// The protocol version this implementation speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest certificate accepted in a `HELO`.
+pub const MAX_CERT_LEN: usize = 16 * 1024;
+/// Largest extensions block in a `HELO`.
+pub const MAX_EXTENSIONS_LEN: usize = 4096;
+/// Most versions a `HELO` may list.
+pub const MAX_VERSIONS: usize = 16;
+/// Length of the Finished MAC.
+pub const VERIFY_DATA_LEN: usize = 32;
+/// Bounds of an RSA ciphertext or signature: 2048- to 4096-bit moduli.
+const RSA_LEN: (usize, usize) = (256, 512);
+
+/// Who sent a `HELO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeloRole {
+    /// The connecting device (value 1).
+    Device,
+    /// The server (value 2).
+    Server,
+}
+
+/// One `HELO` extension. Version 1 defines none; receivers ignore unknown
+/// types, which keeps room for later features without a version change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    /// Extension type.
+    pub kind: u16,
+    /// Extension data.
+    pub data: Vec<u8>,
+}
+
+/// `HELO` (proto-spec.md §5.1).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Helo {
+    /// Sender's role.
+    pub role: HeloRole,
+    /// Device: versions it supports, most preferred first. Server: exactly
+    /// one, the version chosen.
+    pub versions: Vec<u16>,
+    /// Fresh random nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// Sender's X.509 certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Extensions.
+    pub extensions: Vec<Extension>,
+}
+
+impl std::fmt::Debug for Helo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helo")
+            .field("role", &self.role)
+            .field("versions", &self.versions)
+            .field("cert_len", &self.cert_der.len())
+            .field("extensions", &self.extensions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Helo {
+    pub(super) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("HELO", body);
+        let role = match r.u8("role")? {
+            1 => HeloRole::Device,
+            2 => HeloRole::Server,
+            _ => return Err(r.invalid("role", "must be 1 (device) or 2 (server)")),
+        };
+        let count = usize::from(r.u8("version_count")?);
+        if count == 0 || count > MAX_VERSIONS {
+            return Err(r.invalid("version_count", "must be 1 to 16"));
+        }
+        let mut versions = Vec::with_capacity(count);
+        for _ in 0..count {
+            versions.push(r.u16("versions")?);
+        }
+        let nonce = r.array::<NONCE_LEN>("nonce")?;
+        let cert_der = r.vec_u16("certificate", 1, MAX_CERT_LEN)?.to_vec();
+        let ext_block = r.vec_u16("extensions", 0, MAX_EXTENSIONS_LEN)?;
+        r.finish()?;
+
+        let mut er = Reader::new("HELO", ext_block);
+        let mut extensions: Vec<Extension> = Vec::new();
+        while !er.is_empty() {
+            let kind = er.u16("extension_type")?;
+            let data = er
+                .vec_u16("extension_data", 0, MAX_EXTENSIONS_LEN)?
+                .to_vec();
+            if extensions.iter().any(|e| e.kind == kind) {
+                return Err(er.invalid("extension_type", "duplicate extension"));
+            }
+            extensions.push(Extension { kind, data });
+        }
+        Ok(Self {
+            role,
+            versions,
+            nonce,
+            cert_der,
+            extensions,
+        })
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.push(match self.role {
+            HeloRole::Device => 1,
+            HeloRole::Server => 2,
+        });
+        let versions = &self.versions[..self.versions.len().min(MAX_VERSIONS)];
+        out.push(versions.len() as u8);
+        for v in versions {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.nonce);
+        put_vec_u16(out, &self.cert_der);
+        let mut ext = Vec::new();
+        for e in &self.extensions {
+            ext.extend_from_slice(&e.kind.to_be_bytes());
+            put_vec_u16(&mut ext, &e.data);
+        }
+        put_vec_u16(out, &ext);
+    }
+}
+
+/// `PREM` (proto-spec.md §5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prem {
+    /// RSA-OAEP-SHA256 encryption of the 32-byte pre-master under the
+    /// server's certificate key.
+    pub encrypted_pre_master: Vec<u8>,
+    /// RSA-PSS-SHA256 signature by the device key over the proof input.
+    pub device_signature: Vec<u8>,
+}
+
+impl Prem {
+    pub(super) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("PREM", body);
+        let encrypted_pre_master = r
+            .vec_u16("encrypted_pre_master", RSA_LEN.0, RSA_LEN.1)?
+            .to_vec();
+        let device_signature = r
+            .vec_u16("device_signature", RSA_LEN.0, RSA_LEN.1)?
+            .to_vec();
+        r.finish()?;
+        Ok(Self {
+            encrypted_pre_master,
+            device_signature,
+        })
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        put_vec_u16(out, &self.encrypted_pre_master);
+        put_vec_u16(out, &self.device_signature);
+    }
+}
+
+/// `FINI` (proto-spec.md §5.4): always carried in a protected record.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fini {
+    /// HMAC-SHA256(finished_key, transcript_hash).
+    pub verify_data: [u8; VERIFY_DATA_LEN],
+}
+
+impl std::fmt::Debug for Fini {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fini")
+    }
+}
+
+impl Fini {
+    pub(super) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("FINI", body);
+        let verify_data = r.array("verify_data")?;
+        r.finish()?;
+        Ok(Self { verify_data })
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.verify_data);
+    }
+}

@@ -1,0 +1,196 @@
+//! The trust anchor: the one CA certificate a daemon or device trusts.
+//!
+//! A [`TrustAnchor`] is checked when it is loaded: strict DER, X.509 v3,
+//! RSASSA-PSS-SHA256, self-issued, basicConstraints CA:TRUE, keyUsage
+//! keyCertSign, an RSA key of an accepted size, and a self-signature that
+//! verifies. Its validity period is checked at each verification instead
+//! (an expired anchor fails [`verify_peer`](super::verify_peer) with
+//! [`CertError::AnchorExpired`]), so a daemon can start and report the
+//! problem.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use der::referenced::OwnedToRef;
+use x509_cert::ext::pkix::{KeyUsages, SubjectKeyIdentifier};
+use x509_cert::name::Name;
+
+use super::parse::{ParsedCert, parse};
+use super::{CertError, PkiError, store};
+use crate::crypto::{CryptoProvider, RsaPublicKey};
+
+/// The CA certificate we trust, with its public key loaded.
+#[derive(Clone)]
+pub struct TrustAnchor {
+    cert_der: Vec<u8>,
+    subject: Name,
+    name: String,
+    public_key: Arc<dyn RsaPublicKey>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    spki_der: Vec<u8>,
+    key_id: Vec<u8>,
+    provider: &'static CryptoProvider,
+}
+
+impl TrustAnchor {
+    /// Loads a CA certificate from DER.
+    ///
+    /// # Errors
+    /// [`PkiError::Cert`] when a check in the module docs fails.
+    pub fn from_der(der: &[u8], provider: &'static CryptoProvider) -> Result<Self, PkiError> {
+        Self::check(der, provider).map_err(|source| PkiError::Cert {
+            origin: "the CA certificate".to_owned(),
+            source,
+        })
+    }
+
+    /// Loads a CA certificate from PEM text (label `CERTIFICATE`).
+    ///
+    /// # Errors
+    /// [`PkiError::NotPem`] or [`PkiError::Cert`].
+    pub fn from_pem(pem: &str, provider: &'static CryptoProvider) -> Result<Self, PkiError> {
+        let origin = "the CA certificate PEM";
+        let der = store::decode_cert_pem(pem.as_bytes(), origin)?;
+        Self::check(&der, provider).map_err(|source| PkiError::Cert {
+            origin: origin.to_owned(),
+            source,
+        })
+    }
+
+    /// Loads a CA certificate from a PEM file; errors name the file.
+    ///
+    /// # Errors
+    /// [`PkiError::Read`], [`PkiError::FileTooLarge`], [`PkiError::NotPem`]
+    /// or [`PkiError::Cert`].
+    pub fn load(path: &Path, provider: &'static CryptoProvider) -> Result<Self, PkiError> {
+        let der = store::read_cert_pem(path)?;
+        Self::check(&der, provider).map_err(|source| PkiError::cert_at(path, source))
+    }
+
+    /// Runs the load-time checks.
+    pub(crate) fn check(der: &[u8], provider: &'static CryptoProvider) -> Result<Self, CertError> {
+        let parsed = parse(der)?;
+        Self::from_parsed(&parsed, der, provider)
+    }
+
+    fn from_parsed(
+        parsed: &ParsedCert<'_>,
+        der: &[u8],
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, CertError> {
+        let tbs = parsed.tbs();
+        if tbs.issuer() != tbs.subject() {
+            return Err(CertError::NotSelfSigned {
+                issuer: tbs.issuer().to_string(),
+                subject: tbs.subject().to_string(),
+            });
+        }
+        if !parsed.is_ca() {
+            return Err(CertError::NotCa);
+        }
+        let can_sign_certs = parsed
+            .ext
+            .key_usage
+            .is_some_and(|ku| ku.0.contains(KeyUsages::KeyCertSign));
+        if !can_sign_certs {
+            return Err(CertError::MissingKeyUsage {
+                usage: "keyCertSign",
+            });
+        }
+        let public_key = parsed.public_key(provider)?;
+        parsed.verify_signature(public_key.as_ref())?;
+        let name = parsed.subject_cn()?;
+        let key_id = match &parsed.ext.subject_key_id {
+            Some(ski) => ski.0.as_bytes().to_vec(),
+            None => SubjectKeyIdentifier::try_from(tbs.subject_public_key_info().owned_to_ref())
+                .map_err(|_| CertError::BadPublicKey)?
+                .0
+                .as_bytes()
+                .to_vec(),
+        };
+        Ok(Self {
+            cert_der: der.to_vec(),
+            subject: tbs.subject().clone(),
+            name,
+            public_key,
+            not_before: parsed.not_before(),
+            not_after: parsed.not_after(),
+            spki_der: parsed.spki_der()?,
+            key_id,
+            provider,
+        })
+    }
+
+    /// Fails when `now` is outside the CA's validity period.
+    pub(crate) fn check_validity(&self, now: SystemTime) -> Result<(), CertError> {
+        if now < self.not_before {
+            return Err(CertError::AnchorNotYetValid {
+                not_before: self.not_before,
+                now,
+            });
+        }
+        if now > self.not_after {
+            return Err(CertError::AnchorExpired {
+                not_after: self.not_after,
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    /// The CA certificate, DER.
+    #[must_use]
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The CA's common name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// End of the CA's validity period.
+    #[must_use]
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// The CA's subject name.
+    pub(crate) fn subject(&self) -> &Name {
+        &self.subject
+    }
+
+    /// The CA's public key.
+    pub(crate) fn public_key(&self) -> &Arc<dyn RsaPublicKey> {
+        &self.public_key
+    }
+
+    /// The CA's public key, DER SubjectPublicKeyInfo.
+    pub(crate) fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The CA's key identifier: its subjectKeyIdentifier, or the RFC 5280
+    /// method-1 SHA-1 of its key when the extension is absent.
+    pub(crate) fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
+    /// The provider the anchor was loaded with; peer keys use it too.
+    pub(crate) fn provider(&self) -> &'static CryptoProvider {
+        self.provider
+    }
+}
+
+impl fmt::Debug for TrustAnchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustAnchor")
+            .field("subject", &self.subject.to_string())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,137 @@
+//! Our own identity: a certificate and the private key that belongs to it.
+//!
+//! Loading refuses a key whose public half is not the certificate's
+//! SubjectPublicKeyInfo, naming both sources, so a daemon never starts with a
+//! pair that would fail every handshake. The certificate is parsed with the
+//! same strict rules as a peer's, but its issuer and validity are not
+//! checked here: the peer does that.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::parse::parse;
+use super::{PkiError, store};
+use crate::crypto::{CryptoProvider, RsaPrivateKey};
+
+/// Our certificate and private key.
+pub struct Identity {
+    cert_der: Vec<u8>,
+    key: Arc<dyn RsaPrivateKey>,
+    name: String,
+    not_after: SystemTime,
+}
+
+impl Identity {
+    /// Loads a certificate PEM file and a PKCS#8 private key PEM file.
+    ///
+    /// # Errors
+    /// File errors naming the file, [`PkiError::Cert`] or [`PkiError::Key`]
+    /// for unusable contents, and [`PkiError::KeyMismatch`] (naming both
+    /// files) when the key does not belong to the certificate.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        let cert_der = store::read_cert_pem(cert_path)?;
+        let key_der = store::read_key_pem(key_path)?;
+        Self::build(
+            cert_der,
+            &key_der,
+            provider,
+            &cert_path.display().to_string(),
+            &key_path.display().to_string(),
+        )
+    }
+
+    /// Builds an identity from a DER certificate and a PKCS#8 DER key.
+    ///
+    /// # Errors
+    /// [`PkiError::Cert`], [`PkiError::Key`] or [`PkiError::KeyMismatch`].
+    pub fn from_der(
+        cert_der: Vec<u8>,
+        key_pkcs8_der: &[u8],
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        Self::build(
+            cert_der,
+            key_pkcs8_der,
+            provider,
+            "the certificate",
+            "the private key",
+        )
+    }
+
+    fn build(
+        cert_der: Vec<u8>,
+        key_pkcs8_der: &[u8],
+        provider: &'static CryptoProvider,
+        cert_origin: &str,
+        key_origin: &str,
+    ) -> Result<Self, PkiError> {
+        let cert_error = |source| PkiError::Cert {
+            origin: cert_origin.to_owned(),
+            source,
+        };
+        let parsed = parse(&cert_der).map_err(cert_error)?;
+        let name = parsed.subject_cn().map_err(cert_error)?;
+        let spki = parsed.spki_der().map_err(cert_error)?;
+        let not_after = parsed.not_after();
+        drop(parsed);
+
+        let key = provider
+            .rsa
+            .load_private_key(key_pkcs8_der)
+            .map_err(|source| PkiError::Key {
+                origin: key_origin.to_owned(),
+                source,
+            })?;
+        if key.public_key_spki_der() != spki.as_slice() {
+            return Err(PkiError::KeyMismatch {
+                key: key_origin.to_owned(),
+                cert: cert_origin.to_owned(),
+            });
+        }
+        Ok(Self {
+            cert_der,
+            key,
+            name,
+            not_after,
+        })
+    }
+
+    /// Our certificate, DER.
+    #[must_use]
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Our private key.
+    #[must_use]
+    pub fn key(&self) -> &Arc<dyn RsaPrivateKey> {
+        &self.key
+    }
+
+    /// The certificate's subject common name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// End of the certificate's validity period.
+    #[must_use]
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}

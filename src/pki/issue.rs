@@ -1,0 +1,624 @@
+//! Certificate issuance: the in-memory [`CertificateAuthority`].
+//!
+//! The profile (RFC 5280, X.509 v3, signed with RSASSA-PSS-SHA256):
+//!
+//! | | CA | server | device |
+//! |---|---|---|---|
+//! | subject | `O=secured, CN=<name>` | `CN=<name>` | `CN=<device name>` |
+//! | basicConstraints (critical) | CA:TRUE, pathlen 0 | CA:FALSE | CA:FALSE |
+//! | keyUsage (critical) | keyCertSign, cRLSign | digitalSignature, keyEncipherment | same |
+//! | extendedKeyUsage | none | serverAuth | clientAuth |
+//! | subjectAltName | none | every DNS name and IP | none |
+//! | subjectKeyIdentifier | SHA-1 of the key bits (RFC 5280 §4.2.1.2 method 1) | same | same |
+//! | authorityKeyIdentifier | none | the CA's key identifier | same |
+//!
+//! Serial numbers are 16 random bytes from the provider with the top bit
+//! cleared (positive) and never zero. Every request is validated before any
+//! key is generated.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use const_oid::db::rfc4519::{COMMON_NAME, ORGANIZATION_NAME};
+use const_oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+use const_oid::db::rfc5912::RSA_ENCRYPTION;
+use der::asn1::{Any, Ia5String, OctetString, Utf8StringRef};
+use der::referenced::OwnedToRef;
+use der::{Decode, Encode};
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::{Builder, CertificateBuilder};
+use x509_cert::certificate::TbsCertificate;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::{Extension, ToExtension};
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Time;
+use zeroize::Zeroizing;
+
+use super::names::device_name_problem;
+use super::{PkiError, Role, ServerName, TrustAnchor, store};
+use crate::crypto::x509::{PssSha256Signer, PssSignature};
+use crate::crypto::{CryptoProvider, RsaPrivateKey};
+
+/// The organisation in the CA's subject.
+pub(crate) const CA_ORGANIZATION: &str = "secured";
+/// Longest common name, in characters (X.509 ub-common-name).
+const MAX_COMMON_NAME_LEN: usize = 64;
+/// Serial number length in bytes.
+const SERIAL_LEN: usize = 16;
+/// How far `not_before` is set in the past to tolerate clock skew.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
+
+/// A certificate's validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Start of the period.
+    pub not_before: SystemTime,
+    /// End of the period.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// From five minutes ago (clock skew) until `days` days from now.
+    #[must_use]
+    pub fn days_from_now(days: u32) -> Self {
+        Self::days_from(SystemTime::now(), days)
+    }
+
+    /// From five minutes before `start` until `days` days after it.
+    #[must_use]
+    pub fn days_from(start: SystemTime, days: u32) -> Self {
+        let not_before = start.checked_sub(CLOCK_SKEW_ALLOWANCE).unwrap_or(start);
+        let not_after = start
+            .checked_add(Duration::from_secs(u64::from(days) * 86_400))
+            .unwrap_or(start);
+        Self {
+            not_before,
+            not_after,
+        }
+    }
+
+    fn to_x509(self) -> Result<x509_cert::time::Validity, PkiError> {
+        if self.not_after <= self.not_before {
+            return Err(PkiError::InvalidValidity {
+                reason: "not_after must be later than not_before",
+            });
+        }
+        let convert = |t: SystemTime| {
+            Time::try_from(t).map_err(|_| PkiError::InvalidValidity {
+                reason: "certificate dates must fall between 1970 and 9999",
+            })
+        };
+        Ok(x509_cert::time::Validity::new(
+            convert(self.not_before)?,
+            convert(self.not_after)?,
+        ))
+    }
+}
+
+/// A freshly issued leaf certificate and its private key.
+pub struct IssuedLeaf {
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The private key, PKCS#8 DER.
+    pub key_pkcs8_der: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for IssuedLeaf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedLeaf")
+            .field("cert_der_len", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A CA certificate and its private key, in memory.
+pub struct CertificateAuthority {
+    anchor: TrustAnchor,
+    key: Arc<dyn RsaPrivateKey>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
+    provider: &'static CryptoProvider,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("name", &self.anchor.name())
+            .field("provider", &self.provider.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Generates a CA key of `bits` bits and a self-signed CA certificate
+    /// with subject `O=secured, CN=<common_name>`.
+    ///
+    /// # Errors
+    /// [`PkiError::InvalidCommonName`], [`PkiError::InvalidValidity`],
+    /// [`PkiError::KeyGeneration`], [`PkiError::Random`] or
+    /// [`PkiError::Build`].
+    pub fn generate(
+        common_name: &str,
+        bits: usize,
+        validity: Validity,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        check_common_name(common_name)?;
+        let validity = validity.to_x509()?;
+        let key_pkcs8 = generate_key(bits, provider)?;
+        let key = load_generated_key(&key_pkcs8, provider)?;
+        let spki = spki_of(key.as_ref())?;
+        let subject = make_name(Some(CA_ORGANIZATION), common_name).map_err(build_error("CA"))?;
+        let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(build_error("CA"))?;
+        let extensions = vec![
+            extension(
+                true,
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                },
+                &subject,
+            )?,
+            extension(
+                true,
+                &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+                &subject,
+            )?,
+            extension(false, &ski, &subject)?,
+        ];
+        let cert_der = build_cert(
+            CertSpec {
+                issuer: subject.clone(),
+                subject,
+                spki,
+                validity,
+                extensions,
+            },
+            &key,
+            provider,
+            "CA",
+        )?;
+        Self::from_parts(
+            cert_der,
+            key_pkcs8,
+            provider,
+            "the generated CA certificate",
+            "the generated CA key",
+        )
+    }
+
+    /// Loads a CA from its certificate (DER) and PKCS#8 DER key.
+    ///
+    /// # Errors
+    /// [`PkiError::Cert`] when the certificate is not a usable CA,
+    /// [`PkiError::Key`] or [`PkiError::KeyMismatch`].
+    pub fn from_der(
+        cert_der: Vec<u8>,
+        key_pkcs8_der: &[u8],
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        Self::from_parts(
+            cert_der,
+            Zeroizing::new(key_pkcs8_der.to_vec()),
+            provider,
+            "the CA certificate",
+            "the CA private key",
+        )
+    }
+
+    /// Loads a CA from a certificate PEM file and a PKCS#8 key PEM file.
+    ///
+    /// # Errors
+    /// File errors naming the file, [`PkiError::Cert`], [`PkiError::Key`] or
+    /// [`PkiError::KeyMismatch`] (naming both files).
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        let cert_der = store::read_cert_pem(cert_path)?;
+        let key_pkcs8 = store::read_key_pem(key_path)?;
+        Self::from_parts(
+            cert_der,
+            key_pkcs8,
+            provider,
+            &cert_path.display().to_string(),
+            &key_path.display().to_string(),
+        )
+    }
+
+    fn from_parts(
+        cert_der: Vec<u8>,
+        key_pkcs8: Zeroizing<Vec<u8>>,
+        provider: &'static CryptoProvider,
+        cert_origin: &str,
+        key_origin: &str,
+    ) -> Result<Self, PkiError> {
+        let anchor = TrustAnchor::check(&cert_der, provider).map_err(|source| PkiError::Cert {
+            origin: cert_origin.to_owned(),
+            source,
+        })?;
+        let key = provider
+            .rsa
+            .load_private_key(&key_pkcs8)
+            .map_err(|source| PkiError::Key {
+                origin: key_origin.to_owned(),
+                source,
+            })?;
+        if key.public_key_spki_der() != anchor.spki_der() {
+            return Err(PkiError::KeyMismatch {
+                key: key_origin.to_owned(),
+                cert: cert_origin.to_owned(),
+            });
+        }
+        Ok(Self {
+            anchor,
+            key,
+            key_pkcs8,
+            provider,
+        })
+    }
+
+    /// The CA certificate, DER.
+    #[must_use]
+    pub fn cert_der(&self) -> &[u8] {
+        self.anchor.cert_der()
+    }
+
+    /// The CA private key, PKCS#8 DER.
+    #[must_use]
+    pub fn key_pkcs8_der(&self) -> &[u8] {
+        &self.key_pkcs8
+    }
+
+    /// The CA certificate as a trust anchor.
+    #[must_use]
+    pub fn trust_anchor(&self) -> &TrustAnchor {
+        &self.anchor
+    }
+
+    /// The CA's common name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.anchor.name()
+    }
+
+    /// Issues a leaf certificate for a freshly generated key of `bits` bits.
+    /// For [`Role::Server`], `name` is the common name and `server_names`
+    /// (at least one) become the subjectAltName entries; for
+    /// [`Role::Device`], `name` is the common name and must be a valid device
+    /// name, and `server_names` must be empty. The request is validated
+    /// before the key is generated.
+    ///
+    /// # Errors
+    /// [`PkiError::CaRole`], [`PkiError::NoServerNames`],
+    /// [`PkiError::UnexpectedServerNames`], [`PkiError::InvalidDeviceName`],
+    /// [`PkiError::InvalidCommonName`], [`PkiError::InvalidValidity`],
+    /// [`PkiError::KeyGeneration`], [`PkiError::Random`] or
+    /// [`PkiError::Build`].
+    pub fn issue(
+        &self,
+        role: Role,
+        name: &str,
+        server_names: &[ServerName],
+        bits: usize,
+        validity: Validity,
+    ) -> Result<IssuedLeaf, PkiError> {
+        check_leaf_request(role, name, server_names)?;
+        let validity = validity.to_x509()?;
+        let key_pkcs8_der = generate_key(bits, self.provider)?;
+        let key = load_generated_key(&key_pkcs8_der, self.provider)?;
+        let spki = spki_of(key.as_ref())?;
+        let cert_der = self.issue_checked(role, name, server_names, spki, validity)?;
+        Ok(IssuedLeaf {
+            cert_der,
+            key_pkcs8_der,
+        })
+    }
+
+    /// Issues a leaf certificate for an existing RSA public key (DER
+    /// SubjectPublicKeyInfo); the rules are those of [`Self::issue`].
+    ///
+    /// # Errors
+    /// As [`Self::issue`], and [`PkiError::PublicKey`] when `spki_der` is
+    /// not an acceptable RSA public key.
+    pub fn issue_for_key(
+        &self,
+        role: Role,
+        name: &str,
+        server_names: &[ServerName],
+        spki_der: &[u8],
+        validity: Validity,
+    ) -> Result<Vec<u8>, PkiError> {
+        check_leaf_request(role, name, server_names)?;
+        let validity = validity.to_x509()?;
+        let spki =
+            SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(|e| PkiError::PublicKey {
+                reason: format!("not a DER SubjectPublicKeyInfo ({e})"),
+            })?;
+        if spki.algorithm.oid != RSA_ENCRYPTION {
+            return Err(PkiError::PublicKey {
+                reason: "not an RSA key".to_owned(),
+            });
+        }
+        self.provider
+            .rsa
+            .load_public_key(spki_der)
+            .map_err(|e| PkiError::PublicKey {
+                reason: e.to_string(),
+            })?;
+        self.issue_checked(role, name, server_names, spki, validity)
+    }
+
+    /// Builds and signs a leaf for a request that passed
+    /// [`check_leaf_request`].
+    fn issue_checked(
+        &self,
+        role: Role,
+        name: &str,
+        server_names: &[ServerName],
+        spki: SubjectPublicKeyInfoOwned,
+        validity: x509_cert::time::Validity,
+    ) -> Result<Vec<u8>, PkiError> {
+        let what = format!("{role} {name:?}");
+        let err = |e: der::Error| PkiError::Build {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let subject = make_name(None, name).map_err(err)?;
+        let purpose = if role == Role::Server {
+            ID_KP_SERVER_AUTH
+        } else {
+            ID_KP_CLIENT_AUTH
+        };
+        let mut extensions = vec![
+            extension(
+                true,
+                &BasicConstraints {
+                    ca: false,
+                    path_len_constraint: None,
+                },
+                &subject,
+            )?,
+            extension(
+                true,
+                &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment),
+                &subject,
+            )?,
+            extension(false, &ExtendedKeyUsage(vec![purpose]), &subject)?,
+        ];
+        if role == Role::Server {
+            let names = server_names
+                .iter()
+                .map(|n| match n {
+                    ServerName::Dns(dns) => Ia5String::new(dns).map(GeneralName::DnsName),
+                    ServerName::Ip(ip) => Ok(GeneralName::from(*ip)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            extensions.push(extension(false, &SubjectAltName(names), &subject)?);
+        }
+        let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(err)?;
+        extensions.push(extension(false, &ski, &subject)?);
+        let aki = AuthorityKeyIdentifier {
+            key_identifier: Some(OctetString::new(self.anchor.key_id()).map_err(err)?),
+            ..Default::default()
+        };
+        extensions.push(extension(false, &aki, &subject)?);
+
+        build_cert(
+            CertSpec {
+                subject,
+                issuer: self.anchor.subject().clone(),
+                spki,
+                validity,
+                extensions,
+            },
+            &self.key,
+            self.provider,
+            &what,
+        )
+    }
+}
+
+/// Validates a leaf request before anything expensive happens.
+pub(crate) fn check_leaf_request(
+    role: Role,
+    name: &str,
+    server_names: &[ServerName],
+) -> Result<(), PkiError> {
+    match role {
+        Role::Ca => Err(PkiError::CaRole),
+        Role::Server => {
+            check_common_name(name)?;
+            if server_names.is_empty() {
+                Err(PkiError::NoServerNames)
+            } else {
+                Ok(())
+            }
+        }
+        Role::Device => {
+            if let Some(reason) = device_name_problem(name) {
+                return Err(PkiError::InvalidDeviceName {
+                    name: name.to_owned(),
+                    reason,
+                });
+            }
+            if server_names.is_empty() {
+                Ok(())
+            } else {
+                Err(PkiError::UnexpectedServerNames {
+                    name: name.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+/// A common name: 1 to 64 characters, no control characters.
+fn check_common_name(name: &str) -> Result<(), PkiError> {
+    let reason = if name.is_empty() {
+        Some("a common name cannot be empty")
+    } else if name.chars().count() > MAX_COMMON_NAME_LEN {
+        Some("a common name is at most 64 characters long")
+    } else if name.chars().any(char::is_control) {
+        Some("a common name cannot contain control characters")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(PkiError::InvalidCommonName {
+            name: name.to_owned(),
+            reason,
+        }),
+    }
+}
+
+fn build_error(what: &'static str) -> impl Fn(der::Error) -> PkiError {
+    move |e| PkiError::Build {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn generate_key(bits: usize, provider: &CryptoProvider) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+    provider
+        .rsa
+        .generate_pkcs8(bits)
+        .map_err(|source| PkiError::KeyGeneration { bits, source })
+}
+
+fn load_generated_key(
+    pkcs8: &[u8],
+    provider: &CryptoProvider,
+) -> Result<Arc<dyn RsaPrivateKey>, PkiError> {
+    provider
+        .rsa
+        .load_private_key(pkcs8)
+        .map_err(|source| PkiError::Key {
+            origin: "the generated key".to_owned(),
+            source,
+        })
+}
+
+fn spki_of(key: &dyn RsaPrivateKey) -> Result<SubjectPublicKeyInfoOwned, PkiError> {
+    SubjectPublicKeyInfoOwned::from_der(key.public_key_spki_der()).map_err(|e| {
+        PkiError::PublicKey {
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Encodes an extension with explicit criticality.
+fn extension<T>(critical: bool, value: &T, subject: &Name) -> Result<Extension, PkiError>
+where
+    T: const_oid::AssociatedOid + der::Encode,
+{
+    (critical, value)
+        .to_extension(subject, &[])
+        .map_err(|e| PkiError::Build {
+            what: "extension".to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// `[O=<org>,] CN=<cn>` with UTF8String values.
+pub(crate) fn make_name(org: Option<&str>, cn: &str) -> der::Result<Name> {
+    fn rdn(
+        oid: const_oid::ObjectIdentifier,
+        value: &str,
+    ) -> der::Result<RelativeDistinguishedName> {
+        let value = Any::encode_from(&Utf8StringRef::new(value)?)?;
+        RelativeDistinguishedName::try_from(vec![AttributeTypeAndValue { oid, value }])
+    }
+    let mut rdns = RdnSequence::default();
+    if let Some(org) = org {
+        rdns.push(rdn(ORGANIZATION_NAME, org)?);
+    }
+    rdns.push(rdn(COMMON_NAME, cn)?);
+    Name::from_der(&rdns.to_der()?)
+}
+
+/// Draws a positive, non-zero 16-byte serial number.
+fn random_serial(provider: &CryptoProvider) -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; SERIAL_LEN];
+    provider
+        .random
+        .fill(&mut bytes)
+        .map_err(|source| PkiError::Random { source })?;
+    bytes[0] &= 0x7f;
+    if bytes.iter().all(|b| *b == 0) {
+        bytes[SERIAL_LEN - 1] = 1;
+    }
+    SerialNumber::new(&bytes).map_err(build_error("serial number"))
+}
+
+/// Everything in a certificate except the serial and the signature.
+pub(crate) struct CertSpec {
+    pub(crate) subject: Name,
+    pub(crate) issuer: Name,
+    pub(crate) spki: SubjectPublicKeyInfoOwned,
+    pub(crate) validity: x509_cert::time::Validity,
+    pub(crate) extensions: Vec<Extension>,
+}
+
+/// A builder profile that uses exactly the names and extensions given.
+struct FixedProfile {
+    subject: Name,
+    issuer: Name,
+    extensions: Vec<Extension>,
+}
+
+impl BuilderProfile for FixedProfile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        _spk: spki::SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: spki::SubjectPublicKeyInfoRef<'_>,
+        _tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(self.extensions.clone())
+    }
+}
+
+/// Assigns a serial, signs with `signer` (RSASSA-PSS-SHA256) and encodes.
+pub(crate) fn build_cert(
+    spec: CertSpec,
+    signer: &Arc<dyn RsaPrivateKey>,
+    provider: &CryptoProvider,
+    what: &str,
+) -> Result<Vec<u8>, PkiError> {
+    let err = |reason: String| PkiError::Build {
+        what: what.to_owned(),
+        reason,
+    };
+    let serial = random_serial(provider)?;
+    let profile = FixedProfile {
+        subject: spec.subject,
+        issuer: spec.issuer,
+        extensions: spec.extensions,
+    };
+    let builder = CertificateBuilder::new(profile, serial, spec.validity, spec.spki)
+        .map_err(|e| err(e.to_string()))?;
+    let signer = PssSha256Signer::new(Arc::clone(signer));
+    let cert = builder
+        .build::<_, PssSignature>(&signer)
+        .map_err(|e| err(e.to_string()))?;
+    cert.to_der().map_err(|e| err(e.to_string()))
+}
