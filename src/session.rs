@@ -64,7 +64,7 @@ pub enum SessionError {
     #[error("unexpected {0} message")]
     Unexpected(FrameKind),
     /// The peer sent an alert.
-    #[error("the peer closed the session with alert {0}")]
+    #[error("the other side closed the session with alert {code}: {meaning}", code = .0, meaning = .0.meaning())]
     PeerAlert(AlertCode),
     /// The transport failed.
     #[error("connection error: {0}")]

@@ -113,9 +113,7 @@ pub(super) fn resolve(args: &ConnArgs, file: &FileConfig) -> Result<Resolved, Cl
         .clone()
         .or_else(|| f.server_name.clone())
         .unwrap_or_else(|| host_of(&addr).to_owned());
-    let server_name: ServerName = server_name_text
-        .parse()
-        .map_err(|e| CliError::Usage(format!("invalid server name {server_name_text:?}: {e}")))?;
+    let server_name: ServerName = server_name_text.parse().map_err(CliError::Pki)?;
 
     Ok(Resolved {
         addr,

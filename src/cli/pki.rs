@@ -110,9 +110,7 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
             };
             let mut names = Vec::new();
             if role == Role::Server {
-                let primary: ServerName = name
-                    .parse()
-                    .map_err(|e| CliError::Usage(format!("invalid server name {name:?}: {e}")))?;
+                let primary: ServerName = name.parse().map_err(CliError::Pki)?;
                 names.push(primary);
                 names.extend(sans);
             } else if !sans.is_empty() {

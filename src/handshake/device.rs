@@ -105,7 +105,11 @@ impl ExpectServerHelo {
             Role::Server,
             Some(&self.config.server_name),
             now,
-        )?;
+        )
+        .map_err(|error| HandshakeError::Certificate {
+            peer: Role::Server,
+            error,
+        })?;
         self.transcript.add(&frame.to_wire());
         let hellos_hash = self.transcript.hash();
 

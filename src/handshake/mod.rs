@@ -27,7 +27,7 @@ use crate::crypto::transcript::{HASH_LEN, sha256};
 use crate::crypto::{CryptoError, kdf};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{AlertCode, DecodeError, Fini, Message};
-use crate::pki::{CertError, VerifiedPeer};
+use crate::pki::{CertError, Role, VerifiedPeer};
 use crate::record::{RecordError, RecordReader, RecordWriter};
 
 /// Context string at the start of the device's signed proof (proto-spec.md §5.3).
@@ -80,8 +80,13 @@ pub enum HandshakeError {
         offered: Vec<u16>,
     },
     /// The peer's certificate failed verification.
-    #[error("the peer's certificate was refused: {0}")]
-    Certificate(#[from] CertError),
+    #[error("the {peer}'s certificate was refused: {error}")]
+    Certificate {
+        /// The role the certificate was checked for.
+        peer: Role,
+        /// The failed check.
+        error: CertError,
+    },
     /// The device's PREM signature did not verify: it does not hold the key
     /// of the certificate it presented.
     #[error("the device could not prove it holds the private key of its certificate")]
@@ -94,7 +99,7 @@ pub enum HandshakeError {
     )]
     FinishedFailed,
     /// The peer sent an alert.
-    #[error("the peer aborted the handshake with alert {0}")]
+    #[error("the other side ended the handshake with alert {code}: {meaning}", code = .0, meaning = .0.meaning())]
     PeerAlert(AlertCode),
     /// A local cryptographic operation failed.
     #[error("local cryptographic failure: {0}")]
@@ -109,7 +114,7 @@ impl HandshakeError {
             Self::Decode(_) => AlertCode::DecodeError,
             Self::Unexpected { .. } | Self::WrongRole => AlertCode::UnexpectedMessage,
             Self::ProtocolVersion { .. } => AlertCode::ProtocolVersion,
-            Self::Certificate(e) => cert_alert(e),
+            Self::Certificate { error, .. } => cert_alert(error),
             Self::BadDeviceProof => AlertCode::DecryptError,
             Self::FinishedFailed => AlertCode::HandshakeFailure,
             Self::PeerAlert(_) => return None,

@@ -62,7 +62,11 @@ impl ExpectDeviceHelo {
                 offered: helo.versions,
             });
         }
-        let device = verify_peer(&self.config.anchor, &helo.cert_der, Role::Device, None, now)?;
+        let device = verify_peer(&self.config.anchor, &helo.cert_der, Role::Device, None, now)
+            .map_err(|error| HandshakeError::Certificate {
+                peer: Role::Device,
+                error,
+            })?;
 
         let mut transcript = Transcript::new();
         transcript.add(&frame.to_wire());

@@ -4,7 +4,7 @@ use super::DecodeError;
 use super::codec::Reader;
 
 macro_rules! alert_codes {
-    ($($(#[$doc:meta])* $name:ident = $value:literal, $text:literal;)*) => {
+    ($($(#[$doc:meta])* $name:ident = $value:literal, $text:literal, $meaning:literal;)*) => {
         /// The code carried by an `ALRT` message. Unknown codes are kept.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[non_exhaustive]
@@ -41,43 +41,52 @@ macro_rules! alert_codes {
                     Self::Unknown(_) => "unknown",
                 }
             }
+
+            /// What the code tells the receiver, as a phrase for users.
+            #[must_use]
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$name => $meaning,)*
+                    Self::Unknown(_) => "an error this version does not know",
+                }
+            }
         }
     };
 }
 
 alert_codes! {
     /// A message arrived that is not allowed at this point.
-    UnexpectedMessage = 10, "unexpected_message";
+    UnexpectedMessage = 10, "unexpected_message", "a message arrived that is not allowed at that point";
     /// A protected record failed authentication.
-    BadRecordMac = 20, "bad_record_mac";
+    BadRecordMac = 20, "bad_record_mac", "a record failed authentication (tampered, replayed or reordered)";
     /// A frame or record exceeded a size limit.
-    RecordOverflow = 22, "record_overflow";
+    RecordOverflow = 22, "record_overflow", "a frame exceeded the size limit";
     /// A message could not be decoded.
-    DecodeError = 30, "decode_error";
+    DecodeError = 30, "decode_error", "a message was malformed";
     /// The handshake failed (e.g. a Finished MAC did not verify).
-    HandshakeFailure = 40, "handshake_failure";
+    HandshakeFailure = 40, "handshake_failure", "the Finished check failed (tampering, or a key that does not match)";
     /// The device's proof of possession (PREM signature) did not verify.
-    DecryptError = 41, "decrypt_error";
+    DecryptError = 41, "decrypt_error", "the device could not prove it holds the key of its certificate";
     /// A certificate is malformed or fails a check not covered below.
-    BadCertificate = 42, "bad_certificate";
+    BadCertificate = 42, "bad_certificate", "a certificate was refused";
     /// A certificate uses an algorithm or extension this version does not accept.
-    UnsupportedCertificate = 43, "unsupported_certificate";
+    UnsupportedCertificate = 43, "unsupported_certificate", "a certificate uses an unsupported algorithm or extension";
     /// A certificate is not valid yet.
-    CertificateNotYetValid = 44, "certificate_not_yet_valid";
+    CertificateNotYetValid = 44, "certificate_not_yet_valid", "a certificate is not valid yet";
     /// A certificate has expired.
-    CertificateExpired = 45, "certificate_expired";
+    CertificateExpired = 45, "certificate_expired", "a certificate has expired";
     /// A certificate is for the wrong role (server vs device) or name.
-    CertificateRole = 46, "certificate_role";
+    CertificateRole = 46, "certificate_role", "a certificate is for another role or name";
     /// A certificate was not issued by the trusted CA.
-    UnknownCa = 48, "unknown_ca";
+    UnknownCa = 48, "unknown_ca", "a certificate was not issued by the CA the other side trusts";
     /// No protocol version in common.
-    ProtocolVersion = 70, "protocol_version";
+    ProtocolVersion = 70, "protocol_version", "no protocol version in common";
     /// The sender failed internally.
-    InternalError = 80, "internal_error";
+    InternalError = 80, "internal_error", "the other side failed internally";
     /// A time limit ran out.
-    Timeout = 90, "timeout";
+    Timeout = 90, "timeout", "a time limit ran out";
     /// The server is shutting down or at capacity; try again later.
-    Unavailable = 100, "unavailable";
+    Unavailable = 100, "unavailable", "the server is shutting down or busy; try again later";
 }
 
 impl std::fmt::Display for AlertCode {

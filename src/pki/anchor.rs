@@ -194,3 +194,103 @@ impl fmt::Debug for TrustAnchor {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::testutil::{fixture, provider, self_signed_leaf};
+
+    fn pem(der: &[u8]) -> String {
+        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap()
+    }
+
+    #[test]
+    fn loads_the_ca_from_pem_der_and_file() {
+        let f = fixture();
+        let from_pem = TrustAnchor::from_pem(&pem(f.ca.cert_der()), provider()).unwrap();
+        assert_eq!(from_pem.cert_der(), f.ca.cert_der());
+        assert_eq!(from_pem.name(), "secured CA");
+        let from_der = TrustAnchor::from_der(f.ca.cert_der(), provider()).unwrap();
+        assert_eq!(from_der.cert_der(), f.ca.cert_der());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, format!("explanatory text\n{}", pem(f.ca.cert_der()))).unwrap();
+        let loaded = TrustAnchor::load(&path, provider()).unwrap();
+        assert_eq!(loaded.cert_der(), f.ca.cert_der());
+        assert!(format!("{loaded:?}").contains("secured CA"));
+    }
+
+    #[test]
+    fn refuses_leaves_and_self_signed_non_cas() {
+        let f = fixture();
+        let err = TrustAnchor::from_der(&f.server.cert_der, provider()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PkiError::Cert {
+                    source: CertError::NotSelfSigned { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let self_signed = self_signed_leaf(&f.device.key_pkcs8_der, "device-1", None);
+        let err = TrustAnchor::from_der(&self_signed, provider()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the CA certificate is not an acceptable certificate: certificate is not a CA certificate (basicConstraints CA:TRUE is missing)"
+        );
+    }
+
+    #[test]
+    fn refuses_a_tampered_self_signature() {
+        let f = fixture();
+        let mut der = f.ca.cert_der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 0x80;
+        let err = TrustAnchor::from_der(&der, provider()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PkiError::Cert {
+                    source: CertError::BadSignature,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("certs/ca.pem");
+        let err = TrustAnchor::load(&missing, provider()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot read certificate file {}: No such file or directory",
+                missing.display()
+            )),
+            "{text}"
+        );
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not pem at all").unwrap();
+        let err = TrustAnchor::load(&garbage, provider()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is not a PEM certificate (expected a \"-----BEGIN CERTIFICATE-----\" block)",
+                garbage.display()
+            )
+        );
+
+        let err = TrustAnchor::from_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            provider(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PkiError::NotPem { .. }), "{err}");
+    }
+}

@@ -135,3 +135,94 @@ impl fmt::Debug for Identity {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::store::{write_cert_pem, write_key_pem};
+    use crate::pki::testutil::{fixture, provider};
+
+    #[test]
+    fn matching_pair_loads() {
+        let f = fixture();
+        let id = Identity::from_der(
+            f.device.cert_der.clone(),
+            &f.device.key_pkcs8_der,
+            provider(),
+        )
+        .unwrap();
+        assert_eq!(id.name(), "device-1");
+        assert_eq!(id.cert_der(), f.device.cert_der.as_slice());
+        assert!(id.not_after() > SystemTime::now());
+        assert_eq!(
+            id.key().public_key_spki_der(),
+            crate::pki::testutil::spki_of(&f.device).as_slice()
+        );
+        let debug = format!("{id:?}");
+        assert!(
+            debug.starts_with("Identity { name: \"device-1\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let f = fixture();
+        let err = Identity::from_der(
+            f.server.cert_der.clone(),
+            &f.device.key_pkcs8_der,
+            provider(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the private key does not match the certificate (the private key belongs to a different certificate)"
+        );
+    }
+
+    #[test]
+    fn mismatched_files_are_named() {
+        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("device-1.pem");
+        let key = dir.path().join("device-1.key");
+        write_cert_pem(&cert, &f.device.cert_der, false).unwrap();
+        write_key_pem(&key, &f.server.key_pkcs8_der, false).unwrap();
+        let err = Identity::load(&cert, &key, provider()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} does not match {} (the private key belongs to a different certificate)",
+                key.display(),
+                cert.display()
+            )
+        );
+        // Fixing the key makes it load.
+        write_key_pem(&key, &f.device.key_pkcs8_der, true).unwrap();
+        assert_eq!(
+            Identity::load(&cert, &key, provider()).unwrap().name(),
+            "device-1"
+        );
+    }
+
+    #[test]
+    fn swapped_files_are_reported_as_not_pem() {
+        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("a.pem");
+        write_cert_pem(&cert, &f.device.cert_der, false).unwrap();
+        let err = Identity::load(&cert, &cert, provider()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is not a PEM PKCS#8 private key (expected a \"-----BEGIN PRIVATE KEY-----\" block)",
+                cert.display()
+            )
+        );
+        let err = Identity::from_der(f.device.cert_der.clone(), b"junk", provider()).unwrap_err();
+        assert!(matches!(err, PkiError::Key { .. }), "{err}");
+        let err =
+            Identity::from_der(b"junk".to_vec(), &f.device.key_pkcs8_der, provider()).unwrap_err();
+        assert!(matches!(err, PkiError::Cert { .. }), "{err}");
+    }
+}

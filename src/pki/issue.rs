@@ -86,7 +86,7 @@ impl Validity {
         }
     }
 
-    fn to_x509(self) -> Result<x509_cert::time::Validity, PkiError> {
+    pub(crate) fn to_x509(self) -> Result<x509_cert::time::Validity, PkiError> {
         if self.not_after <= self.not_before {
             return Err(PkiError::InvalidValidity {
                 reason: "not_after must be later than not_before",
@@ -368,9 +368,22 @@ impl CertificateAuthority {
         spki: SubjectPublicKeyInfoOwned,
         validity: x509_cert::time::Validity,
     ) -> Result<Vec<u8>, PkiError> {
-        let what = format!("{role} {name:?}");
+        let spec = self.leaf_spec(role, name, server_names, spki, validity)?;
+        build_cert(spec, &self.key, self.provider, &format!("{role} {name:?}"))
+    }
+
+    /// The names and extensions of a leaf (see the profile in the module
+    /// docs).
+    fn leaf_spec(
+        &self,
+        role: Role,
+        name: &str,
+        server_names: &[ServerName],
+        spki: SubjectPublicKeyInfoOwned,
+        validity: x509_cert::time::Validity,
+    ) -> Result<CertSpec, PkiError> {
         let err = |e: der::Error| PkiError::Build {
-            what: what.clone(),
+            what: format!("{role} {name:?}"),
             reason: e.to_string(),
         };
         let subject = make_name(None, name).map_err(err)?;
@@ -414,18 +427,41 @@ impl CertificateAuthority {
         };
         extensions.push(extension(false, &aki, &subject)?);
 
-        build_cert(
-            CertSpec {
-                subject,
-                issuer: self.anchor.subject().clone(),
-                spki,
-                validity,
-                extensions,
-            },
-            &self.key,
-            self.provider,
-            &what,
-        )
+        Ok(CertSpec {
+            subject,
+            issuer: self.anchor.subject().clone(),
+            spki,
+            validity,
+            extensions,
+        })
+    }
+}
+
+/// Test hooks: craft certificates the public API refuses to make.
+#[cfg(test)]
+impl CertificateAuthority {
+    /// The leaf profile for `spki_der`, for tests to alter before signing.
+    pub(crate) fn leaf_spec_for_test(
+        &self,
+        role: Role,
+        name: &str,
+        server_names: &[ServerName],
+        spki_der: &[u8],
+        validity: Validity,
+    ) -> CertSpec {
+        let spki = SubjectPublicKeyInfoOwned::from_der(spki_der).unwrap();
+        self.leaf_spec(role, name, server_names, spki, validity.to_x509().unwrap())
+            .unwrap()
+    }
+
+    /// Signs `spec` with the CA key.
+    pub(crate) fn sign_for_test(&self, spec: CertSpec) -> Vec<u8> {
+        build_cert(spec, &self.key, self.provider, "test").unwrap()
+    }
+
+    /// The CA's private key.
+    pub(crate) fn key_for_test(&self) -> &Arc<dyn RsaPrivateKey> {
+        &self.key
     }
 }
 
@@ -519,7 +555,7 @@ fn spki_of(key: &dyn RsaPrivateKey) -> Result<SubjectPublicKeyInfoOwned, PkiErro
 }
 
 /// Encodes an extension with explicit criticality.
-fn extension<T>(critical: bool, value: &T, subject: &Name) -> Result<Extension, PkiError>
+pub(crate) fn extension<T>(critical: bool, value: &T, subject: &Name) -> Result<Extension, PkiError>
 where
     T: const_oid::AssociatedOid + der::Encode,
 {
@@ -621,4 +657,218 @@ pub(crate) fn build_cert(
         .build::<_, PssSignature>(&signer)
         .map_err(|e| err(e.to_string()))?;
     cert.to_der().map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_cert::ext::pkix::name::GeneralName;
+
+    use super::*;
+    use crate::pki::parse::parse;
+    use crate::pki::testutil::{NO_KEYGEN, fixture, provider, spki_of};
+
+    #[test]
+    fn ca_profile() {
+        let f = fixture();
+        let ca = parse(f.ca.cert_der()).unwrap();
+        assert_eq!(ca.tbs().subject().to_string(), "CN=secured CA,O=secured");
+        assert_eq!(ca.tbs().issuer(), ca.tbs().subject());
+        let bc = ca.ext.basic_constraints.as_ref().unwrap();
+        assert!(bc.ca);
+        assert_eq!(bc.path_len_constraint, Some(0));
+        let ku = ca.ext.key_usage.unwrap();
+        assert!(ku.0.contains(KeyUsages::KeyCertSign) && ku.0.contains(KeyUsages::CRLSign));
+        assert!(!ku.0.contains(KeyUsages::DigitalSignature));
+        assert!(ca.ext.ext_key_usage.is_none());
+        let ski = ca.ext.subject_key_id.as_ref().unwrap();
+        assert_eq!(ski.0.as_bytes().len(), 20);
+        let critical: Vec<bool> = ca
+            .tbs()
+            .extensions()
+            .unwrap()
+            .iter()
+            .map(|e| e.critical)
+            .collect();
+        assert_eq!(critical, [true, true, false]);
+        assert!(f.ca.name() == "secured CA" && format!("{:?}", f.ca).contains("secured CA"));
+    }
+
+    #[test]
+    fn leaf_profiles() {
+        let f = fixture();
+        let ca_ski = parse(f.ca.cert_der())
+            .unwrap()
+            .ext
+            .subject_key_id
+            .unwrap()
+            .0;
+        let server = parse(&f.server.cert_der).unwrap();
+        assert_eq!(server.tbs().subject().to_string(), "CN=localhost");
+        assert_eq!(server.tbs().issuer().to_string(), "CN=secured CA,O=secured");
+        assert!(!server.is_ca());
+        assert_eq!(server.san_strings(), ["DNS:localhost", "IP:127.0.0.1"]);
+        let sans = &server.ext.subject_alt_name.as_ref().unwrap().0;
+        assert!(matches!(&sans[1], GeneralName::IpAddress(ip) if ip.as_bytes() == [127, 0, 0, 1]));
+        assert_eq!(
+            server.ext.ext_key_usage.as_ref().unwrap().0,
+            [ID_KP_SERVER_AUTH]
+        );
+        assert_eq!(
+            server
+                .ext
+                .authority_key_id
+                .as_ref()
+                .unwrap()
+                .key_identifier
+                .as_ref(),
+            Some(&ca_ski)
+        );
+
+        let device = parse(&f.device.cert_der).unwrap();
+        assert_eq!(device.tbs().subject().to_string(), "CN=device-1");
+        assert!(device.ext.subject_alt_name.is_none());
+        assert_eq!(
+            device.ext.ext_key_usage.as_ref().unwrap().0,
+            [ID_KP_CLIENT_AUTH]
+        );
+        let ku = device.ext.key_usage.unwrap();
+        assert!(ku.0.contains(KeyUsages::DigitalSignature));
+        assert!(ku.0.contains(KeyUsages::KeyEncipherment));
+        let critical: Vec<(String, bool)> = device
+            .tbs()
+            .extensions()
+            .unwrap()
+            .iter()
+            .map(|e| (e.extn_id.to_string(), e.critical))
+            .collect();
+        assert_eq!(
+            critical,
+            [
+                ("2.5.29.19".to_owned(), true),
+                ("2.5.29.15".to_owned(), true),
+                ("2.5.29.37".to_owned(), false),
+                ("2.5.29.14".to_owned(), false),
+                ("2.5.29.35".to_owned(), false),
+            ]
+        );
+        // Validity is stored to the second and includes the skew allowance.
+        assert!(device.not_before() < SystemTime::now() - Duration::from_secs(4 * 60));
+    }
+
+    #[test]
+    fn bad_requests_fail_before_key_generation() {
+        let f = fixture();
+        // A CA whose provider panics if asked to generate a key.
+        let ca = CertificateAuthority::from_der(
+            f.ca.cert_der().to_vec(),
+            f.ca.key_pkcs8_der(),
+            &NO_KEYGEN,
+        )
+        .unwrap();
+        let v = Validity::days_from_now(1);
+        let localhost = [ServerName::Dns("localhost".into())];
+        let cases: Vec<(Result<IssuedLeaf, PkiError>, &str)> = vec![
+            (
+                ca.issue(Role::Ca, "x", &[], 2048, v),
+                "a CA certificate cannot be issued",
+            ),
+            (
+                ca.issue(Role::Server, "srv", &[], 2048, v),
+                "a server certificate needs at least one server name",
+            ),
+            (
+                ca.issue(Role::Device, ".dev", &[], 2048, v),
+                "invalid device name \".dev\": it cannot start with '.'",
+            ),
+            (
+                ca.issue(Role::Device, "dev/1", &[], 2048, v),
+                "invalid device name \"dev/1\": it may only contain",
+            ),
+            (
+                ca.issue(Role::Device, &"d".repeat(65), &[], 2048, v),
+                "invalid device name",
+            ),
+            (
+                ca.issue(Role::Device, "dev", &localhost, 2048, v),
+                "device certificates carry no server names",
+            ),
+            (
+                ca.issue(Role::Server, "", &localhost, 2048, v),
+                "invalid common name \"\"",
+            ),
+            (
+                ca.issue(
+                    Role::Device,
+                    "dev",
+                    &[],
+                    2048,
+                    Validity {
+                        not_before: v.not_after,
+                        not_after: v.not_before,
+                    },
+                ),
+                "invalid validity period",
+            ),
+        ];
+        for (result, expected) in cases {
+            let err = result.unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let err = CertificateAuthority::generate("bad\nname", 2048, v, &NO_KEYGEN).unwrap_err();
+        assert!(matches!(err, PkiError::InvalidCommonName { .. }), "{err}");
+    }
+
+    #[test]
+    fn issue_for_key_checks_the_key() {
+        let f = fixture();
+        let v = Validity::days_from_now(1);
+        let err =
+            f.ca.issue_for_key(Role::Device, "dev", &[], b"junk", v)
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the public key to certify is not acceptable"),
+            "{err}"
+        );
+        let der =
+            f.ca.issue_for_key(Role::Device, "dev", &[], &spki_of(&f.device), v)
+                .unwrap();
+        assert_eq!(parse(&der).unwrap().subject_cn().unwrap(), "dev");
+    }
+
+    #[test]
+    fn ca_key_must_match() {
+        let f = fixture();
+        let err = CertificateAuthority::from_der(
+            f.ca.cert_der().to_vec(),
+            f.impostor_ca.key_pkcs8_der(),
+            provider(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the CA private key does not match the CA certificate (the private key belongs to a different certificate)"
+        );
+        let err = CertificateAuthority::from_der(
+            f.server.cert_der.clone(),
+            &f.server.key_pkcs8_der,
+            provider(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, PkiError::Cert { .. }), "{err}");
+    }
+
+    #[test]
+    fn validity_days_from_now() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let v = Validity::days_from(start, 2);
+        assert_eq!(v.not_before, start - Duration::from_secs(300));
+        assert_eq!(v.not_after, start + Duration::from_secs(2 * 86_400));
+        let debug = format!("{:?}", f_leaf());
+        assert!(!debug.contains("key_pkcs8_der:"), "{debug}");
+    }
+
+    fn f_leaf() -> &'static IssuedLeaf {
+        &fixture().device
+    }
 }

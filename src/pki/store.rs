@@ -440,3 +440,368 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<
         .and_then(|d| d.sync_all())
         .map_err(write_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::pki::testutil::{NO_KEYGEN, TEST_BITS, fixture, provider};
+    use crate::pki::{Identity, TrustAnchor, verify_peer};
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn test_opts() -> InitOptions {
+        InitOptions {
+            ca_bits: TEST_BITS,
+            ..InitOptions::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = InitOptions::default();
+        assert_eq!(
+            o.server_names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["localhost", "127.0.0.1"]
+        );
+        assert_eq!(
+            (o.device_name.as_str(), o.ca_bits, o.leaf_bits),
+            ("device-1", 3072, 2048)
+        );
+        assert_eq!(
+            (o.validity_days, o.ca_validity_days, o.force),
+            (825, 3650, false)
+        );
+        let p = PkiPaths::under(Path::new("/x"));
+        assert_eq!(p.ca_cert(), Path::new("/x/certs/ca.pem"));
+        assert_eq!(p.key_file("device-1"), Path::new("/x/keys/device-1.key"));
+    }
+
+    /// `pki init` and `pki issue` end to end, plus `openssl verify` when
+    /// openssl is installed. One test, so the keys are generated once.
+    #[test]
+    fn init_issue_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PkiPaths::under(&dir.path().join("pki"));
+        let written = init(&paths, &test_opts(), provider()).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| {
+                p.strip_prefix(dir.path().join("pki"))
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "certs/ca.pem",
+                "keys/ca.key",
+                "certs/server.pem",
+                "keys/server.key",
+                "certs/device-1.pem",
+                "keys/device-1.key"
+            ]
+        );
+        assert_eq!(mode(&paths.keys_dir), 0o700);
+        for path in &written {
+            let text = fs::read_to_string(path).unwrap();
+            if path.extension().unwrap() == "key" {
+                assert_eq!(mode(path), 0o600, "{}", path.display());
+                assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+            } else {
+                assert!(text.starts_with("-----BEGIN CERTIFICATE-----\n"));
+            }
+        }
+
+        // What was written loads and verifies.
+        let anchor = TrustAnchor::load(&paths.ca_cert(), provider()).unwrap();
+        let now = SystemTime::now();
+        for (stem, role) in [("server", Role::Server), ("device-1", Role::Device)] {
+            let id =
+                Identity::load(&paths.cert_file(stem), &paths.key_file(stem), provider()).unwrap();
+            let peer = verify_peer(&anchor, id.cert_der(), role, None, now).unwrap();
+            assert_eq!(peer.name(), id.name());
+        }
+        let server = Identity::load(
+            &paths.cert_file("server"),
+            &paths.key_file("server"),
+            provider(),
+        )
+        .unwrap();
+        assert_eq!(server.name(), "localhost");
+        for name in ["localhost", "127.0.0.1"] {
+            verify_peer(
+                &anchor,
+                server.cert_der(),
+                Role::Server,
+                Some(&name.parse().unwrap()),
+                now,
+            )
+            .unwrap();
+        }
+
+        // A second init refuses before generating anything (NO_KEYGEN would panic).
+        let err = init(&paths, &test_opts(), &NO_KEYGEN).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "refusing to overwrite {}; pass --force to replace it",
+                paths.ca_cert().display()
+            )
+        );
+
+        // Issue another device; refuse to repeat it; refuse reserved and bad names.
+        let issued = issue_files(
+            &paths,
+            Role::Device,
+            "device-2",
+            &[],
+            &IssueOptions::default(),
+            false,
+            provider(),
+        )
+        .unwrap();
+        assert_eq!(
+            issued,
+            [paths.cert_file("device-2"), paths.key_file("device-2")]
+        );
+        assert_eq!(mode(&issued[1]), 0o600);
+        let id = Identity::load(&issued[0], &issued[1], provider()).unwrap();
+        verify_peer(&anchor, id.cert_der(), Role::Device, None, now).unwrap();
+        let again = issue_files(
+            &paths,
+            Role::Device,
+            "device-2",
+            &[],
+            &IssueOptions::default(),
+            false,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(again, PkiError::Exists { ref path } if *path == issued[0]),
+            "{again}"
+        );
+        let reserved = issue_files(
+            &paths,
+            Role::Server,
+            "ca",
+            &[],
+            &IssueOptions::default(),
+            true,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(reserved, PkiError::ReservedName { .. }),
+            "{reserved}"
+        );
+        let bad = issue_files(
+            &paths,
+            Role::Server,
+            "../x",
+            &[],
+            &IssueOptions::default(),
+            true,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .starts_with("\"../x\" cannot be used as a certificate file name"),
+            "{bad}"
+        );
+        let unnamed = issue_files(
+            &paths,
+            Role::Server,
+            "web_1",
+            &[],
+            &IssueOptions::default(),
+            false,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert!(matches!(unnamed, PkiError::NoServerNames), "{unnamed}");
+
+        openssl_checks(&paths);
+    }
+
+    fn openssl_checks(paths: &PkiPaths) {
+        if Command::new("openssl").arg("version").output().is_err() {
+            println!("note: openssl is not installed; skipping the openssl verify/x509 checks");
+            return;
+        }
+        let ca = paths.ca_cert();
+        for stem in ["server", "device-1", "device-2"] {
+            let leaf = paths.cert_file(stem);
+            let out = Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(&ca)
+                .arg(&leaf)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains(": OK"),
+                "openssl verify {stem}: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = |path: &Path| {
+            let out = Command::new("openssl")
+                .args(["x509", "-noout", "-text", "-in"])
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            // OpenSSL versions differ in spacing around '=' in names.
+            String::from_utf8(out.stdout).unwrap().replace(" = ", "=")
+        };
+        let ca_text = text(&ca);
+        for expected in [
+            "Version: 3 (0x2)",
+            "Signature Algorithm: rsassaPss",
+            "Hash Algorithm: sha256",
+            "Mask Algorithm: mgf1 with sha256",
+            "Salt Length: 0x20",
+            "Subject: O=secured, CN=secured CA",
+            "X509v3 Basic Constraints: critical",
+            "CA:TRUE, pathlen:0",
+            "X509v3 Key Usage: critical",
+            "Certificate Sign, CRL Sign",
+            "X509v3 Subject Key Identifier",
+        ] {
+            assert!(
+                ca_text.contains(expected),
+                "CA lacks {expected:?}:\n{ca_text}"
+            );
+        }
+        let server_text = text(&paths.cert_file("server"));
+        for expected in [
+            "Issuer: O=secured, CN=secured CA",
+            "Subject: CN=localhost",
+            "CA:FALSE",
+            "Digital Signature, Key Encipherment",
+            "TLS Web Server Authentication",
+            "DNS:localhost, IP Address:127.0.0.1",
+            "X509v3 Authority Key Identifier",
+            "Public-Key: (2048 bit)",
+        ] {
+            assert!(
+                server_text.contains(expected),
+                "server lacks {expected:?}:\n{server_text}"
+            );
+        }
+        let device_text = text(&paths.cert_file("device-1"));
+        for expected in [
+            "Subject: CN=device-1",
+            "TLS Web Client Authentication",
+            "CA:FALSE",
+        ] {
+            assert!(
+                device_text.contains(expected),
+                "device lacks {expected:?}:\n{device_text}"
+            );
+        }
+        assert!(!device_text.contains("Subject Alternative Name"));
+    }
+
+    #[test]
+    fn init_validates_names_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PkiPaths::under(dir.path());
+        let cases = [
+            (
+                InitOptions {
+                    server_names: vec![],
+                    ..test_opts()
+                },
+                "a server certificate needs at least one server name",
+            ),
+            (
+                InitOptions {
+                    device_name: "ca".into(),
+                    ..test_opts()
+                },
+                "\"ca\" is reserved for the CA's own files",
+            ),
+            (
+                InitOptions {
+                    device_name: "server".into(),
+                    ..test_opts()
+                },
+                "\"server\" is reserved for the server's own files",
+            ),
+            (
+                InitOptions {
+                    device_name: "a b".into(),
+                    ..test_opts()
+                },
+                "invalid device name \"a b\"",
+            ),
+        ];
+        for (opts, expected) in cases {
+            let err = init(&paths, &opts, &NO_KEYGEN).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        assert!(!paths.keys_dir.exists());
+        let err = issue_files(
+            &paths,
+            Role::Device,
+            "d",
+            &[],
+            &IssueOptions::default(),
+            false,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no CA certificate at {}; run `secured pki init` first",
+                paths.ca_cert().display()
+            )
+        );
+    }
+
+    #[test]
+    fn writes_refuse_to_clobber_unless_forced() {
+        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        write_key_pem(&key, &f.device.key_pkcs8_der, false).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        let err = write_key_pem(&key, &f.server.key_pkcs8_der, false).unwrap_err();
+        assert!(matches!(err, PkiError::Exists { .. }), "{err}");
+        assert_eq!(*read_key_pem(&key).unwrap(), *f.device.key_pkcs8_der);
+        fs::set_permissions(&key, Permissions::from_mode(0o644)).unwrap();
+        write_key_pem(&key, &f.server.key_pkcs8_der, true).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(*read_key_pem(&key).unwrap(), *f.server.key_pkcs8_der);
+
+        let cert = dir.path().join("c.pem");
+        write_cert_pem(&cert, &f.device.cert_der, false).unwrap();
+        assert_eq!(read_cert_pem(&cert).unwrap(), f.device.cert_der);
+        assert!(write_cert_pem(&cert, &f.server.cert_der, false).is_err());
+        write_cert_pem(&cert, &f.server.cert_der, true).unwrap();
+        assert_eq!(read_cert_pem(&cert).unwrap(), f.server.cert_der);
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        let big = dir.path().join("big.pem");
+        fs::write(&big, vec![b'A'; 70 * 1024]).unwrap();
+        let err = read_cert_pem(&big).unwrap_err();
+        assert!(matches!(err, PkiError::FileTooLarge { .. }), "{err}");
+    }
+}

@@ -215,3 +215,512 @@ fn check_server_name(parsed: &ParsedCert<'_>, wanted: &ServerName) -> Result<(),
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use const_oid::ObjectIdentifier;
+    use der::Encode;
+    use der::asn1::OctetString;
+    use x509_cert::ext::Extension;
+
+    use super::*;
+    use crate::pki::issue::make_name;
+    use crate::pki::testutil::{
+        fixture, future, past, self_signed_leaf, server_names, sign_with, spki_of,
+    };
+    use crate::pki::{CertificateAuthority, MAX_CERT_LEN, Validity};
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn dns(name: &str) -> ServerName {
+        ServerName::Dns(name.to_owned())
+    }
+
+    fn ip(addr: &str) -> ServerName {
+        ServerName::Ip(addr.parse().unwrap())
+    }
+
+    fn verify(
+        der: &[u8],
+        role: Role,
+        name: Option<&ServerName>,
+    ) -> Result<VerifiedPeer, CertError> {
+        verify_peer(&fixture().anchor, der, role, name, now())
+    }
+
+    #[test]
+    fn server_happy_path() {
+        let f = fixture();
+        for name in [
+            None,
+            Some(dns("localhost")),
+            Some("LocalHost".parse().unwrap()),
+            Some(ServerName::Dns("LOCALHOST".into())),
+            Some(ip("127.0.0.1")),
+        ] {
+            let peer = verify(&f.server.cert_der, Role::Server, name.as_ref()).unwrap();
+            assert_eq!(peer.name(), "localhost");
+            assert_eq!(peer.role(), Role::Server);
+            assert_eq!(peer.cert_der(), f.server.cert_der.as_slice());
+            assert!(!peer.serial_hex().is_empty() && peer.serial_hex().len() <= 32);
+            assert!(peer.not_after() > now());
+            assert_eq!(peer.public_key().bits(), 2048);
+        }
+    }
+
+    #[test]
+    fn device_happy_path() {
+        let f = fixture();
+        let peer = verify(&f.device.cert_der, Role::Device, None).unwrap();
+        assert_eq!(peer.name(), "device-1");
+        assert_eq!(peer.role(), Role::Device);
+        // The certified key is the device's key: a PSS signature verifies.
+        let key = crate::pki::testutil::load_key(&f.device.key_pkcs8_der);
+        let sig = key.pss_sign(b"hello").unwrap();
+        peer.public_key().pss_verify(b"hello", &sig).unwrap();
+        let debug = format!("{peer:?}");
+        assert!(debug.contains("device-1"), "{debug}");
+    }
+
+    #[test]
+    fn serials_differ_and_are_positive() {
+        let f = fixture();
+        let a = verify(&f.server.cert_der, Role::Server, None).unwrap();
+        let b = verify(&f.device.cert_der, Role::Device, None).unwrap();
+        assert_ne!(a.serial_hex(), b.serial_hex());
+        for s in [a.serial_hex(), b.serial_hex()] {
+            let first = u8::from_str_radix(&s[..2], 16).unwrap();
+            assert!(first < 0x80, "serial {s} is negative");
+        }
+    }
+
+    #[test]
+    fn wrong_ca_with_same_name_fails_signature() {
+        let f = fixture();
+        let leaf = f
+            .impostor_ca
+            .issue_for_key(
+                Role::Device,
+                "device-1",
+                &[],
+                &spki_of(&f.device),
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        assert_eq!(
+            verify(&leaf, Role::Device, None).unwrap_err(),
+            CertError::BadSignature
+        );
+    }
+
+    #[test]
+    fn wrong_ca_with_other_name_is_unknown_issuer() {
+        let f = fixture();
+        // A differently named CA on the impostor's key.
+        let mut spec = f.impostor_ca.leaf_spec_for_test(
+            Role::Device,
+            "x",
+            &[],
+            f.impostor_ca.trust_anchor().spki_der(),
+            Validity::days_from_now(5),
+        );
+        let name = make_name(Some("evil"), "other CA").unwrap();
+        spec.subject = name.clone();
+        spec.issuer = name;
+        spec.extensions = vec![
+            crate::pki::issue::extension(
+                true,
+                &x509_cert::ext::pkix::BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                },
+                &spec.subject,
+            )
+            .unwrap(),
+            crate::pki::issue::extension(
+                true,
+                &x509_cert::ext::pkix::KeyUsage(
+                    x509_cert::ext::pkix::KeyUsages::KeyCertSign.into(),
+                ),
+                &spec.subject,
+            )
+            .unwrap(),
+        ];
+        let other_ca_der = sign_with(spec, f.impostor_ca.key_for_test());
+        let other_ca = CertificateAuthority::from_der(
+            other_ca_der,
+            f.impostor_ca.key_pkcs8_der(),
+            crate::pki::testutil::provider(),
+        )
+        .unwrap();
+        let leaf = other_ca
+            .issue_for_key(
+                Role::Device,
+                "device-1",
+                &[],
+                &spki_of(&f.device),
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let err = verify(&leaf, Role::Device, None).unwrap_err();
+        assert_eq!(
+            err,
+            CertError::UnknownIssuer {
+                issuer: "CN=other CA,O=evil".into(),
+                expected: "CN=secured CA,O=secured".into(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "certificate is signed by an unknown CA (issuer CN=other CA,O=evil, expected CN=secured CA,O=secured)"
+        );
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid() {
+        let f = fixture();
+        let spki = spki_of(&f.device);
+        let old =
+            f.ca.issue_for_key(Role::Device, "device-1", &[], &spki, past())
+                .unwrap();
+        let err = verify(&old, Role::Device, None).unwrap_err();
+        assert!(matches!(err, CertError::Expired { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("certificate expired at 20"),
+            "{err}"
+        );
+
+        let young =
+            f.ca.issue_for_key(Role::Device, "device-1", &[], &spki, future())
+                .unwrap();
+        let err = verify(&young, Role::Device, None).unwrap_err();
+        assert!(matches!(err, CertError::NotYetValid { .. }), "{err}");
+
+        // The young certificate verifies once its window has started (and
+        // the CA's has not ended).
+        let later = now() + Duration::from_secs(15 * 86_400);
+        verify_peer(&f.anchor, &young, Role::Device, None, later).unwrap();
+    }
+
+    #[test]
+    fn roles_are_not_interchangeable() {
+        let f = fixture();
+        assert_eq!(
+            verify(&f.device.cert_der, Role::Server, None).unwrap_err(),
+            CertError::WrongRole {
+                expected: Role::Server
+            }
+        );
+        let err = verify(&f.server.cert_der, Role::Device, None).unwrap_err();
+        assert_eq!(
+            err,
+            CertError::WrongRole {
+                expected: Role::Device
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "certificate is not a device certificate (its extended key usage lacks clientAuth)"
+        );
+        assert_eq!(
+            verify(&f.server.cert_der, Role::Ca, None).unwrap_err(),
+            CertError::CaRole
+        );
+    }
+
+    #[test]
+    fn wrong_server_name() {
+        let f = fixture();
+        let presented = vec!["DNS:localhost".to_owned(), "IP:127.0.0.1".to_owned()];
+        for (wanted, expected) in [
+            (dns("example.com"), "example.com"),
+            (dns("localhost.example"), "localhost.example"),
+            (ip("127.0.0.2"), "127.0.0.2"),
+            (ip("::1"), "::1"),
+            // An IP written as a DNS name never matches an IP SAN.
+            (dns("127.0.0.1"), "127.0.0.1"),
+        ] {
+            let err = verify(&f.server.cert_der, Role::Server, Some(&wanted)).unwrap_err();
+            assert_eq!(
+                err,
+                CertError::NameMismatch {
+                    expected: expected.into(),
+                    presented: presented.clone()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn common_name_is_not_used_for_matching() {
+        let f = fixture();
+        // CN=api.example, SAN only 10.0.0.1.
+        let spec = f.ca.leaf_spec_for_test(
+            Role::Server,
+            "api.example",
+            &[ip("10.0.0.1")],
+            &spki_of(&f.server),
+            Validity::days_from_now(1),
+        );
+        let der = f.ca.sign_for_test(spec);
+        let err = verify(&der, Role::Server, Some(&dns("api.example"))).unwrap_err();
+        assert!(matches!(err, CertError::NameMismatch { .. }), "{err}");
+        verify(&der, Role::Server, Some(&ip("10.0.0.1"))).unwrap();
+    }
+
+    #[test]
+    fn ca_certificate_as_leaf() {
+        let f = fixture();
+        for role in [Role::Server, Role::Device] {
+            assert_eq!(
+                verify(f.ca.cert_der(), role, None).unwrap_err(),
+                CertError::IsCa
+            );
+        }
+    }
+
+    #[test]
+    fn self_signed_leaf_is_refused() {
+        let f = fixture();
+        let der = self_signed_leaf(&f.device.key_pkcs8_der, "device-1", None);
+        let err = verify(&der, Role::Device, None).unwrap_err();
+        assert!(matches!(err, CertError::SelfSigned { .. }), "{err}");
+        // Claiming the CA's name does not help: the signature is wrong.
+        let der = self_signed_leaf(&f.device.key_pkcs8_der, "secured CA", Some("secured"));
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::BadSignature
+        );
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let f = fixture();
+        let mut der = f.device.cert_der.clone();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::BadSignature
+        );
+
+        // Change one letter of the subject name inside the TBS.
+        let mut der = f.device.cert_der.clone();
+        let pos = der.windows(8).position(|w| w == b"device-1").unwrap();
+        der[pos] = b'D';
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::BadSignature
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_and_size_limit() {
+        let f = fixture();
+        let mut der = f.device.cert_der.clone();
+        der.push(0);
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::TrailingData
+        );
+        let big = vec![0x30; MAX_CERT_LEN + 1];
+        assert_eq!(
+            verify(&big, Role::Device, None).unwrap_err(),
+            CertError::TooLarge {
+                len: MAX_CERT_LEN + 1,
+                max: MAX_CERT_LEN
+            }
+        );
+        for junk in [&b""[..], b"\x30", b"hello", &f.device.cert_der[..100]] {
+            let err = verify(junk, Role::Device, None).unwrap_err();
+            assert!(matches!(err, CertError::Malformed { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn algorithm_identifiers_must_be_pss_sha256() {
+        let f = fixture();
+        let alg = crate::crypto::x509::pss_sha256_algorithm_identifier()
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let positions: Vec<usize> = f
+            .device
+            .cert_der
+            .windows(alg.len())
+            .enumerate()
+            .filter(|(_, w)| *w == alg.as_slice())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(positions.len(), 2);
+        // The last byte of the identifier is the salt length (32).
+        for (pos, field) in [
+            (positions[1], "signatureAlgorithm"),
+            (positions[0], "tbsCertificate.signature"),
+        ] {
+            let mut der = f.device.cert_der.clone();
+            der[pos + alg.len() - 1] = 20;
+            assert_eq!(
+                verify(&der, Role::Device, None).unwrap_err(),
+                CertError::UnsupportedAlgorithm {
+                    field,
+                    oid: "1.2.840.113549.1.1.10".into()
+                }
+            );
+        }
+    }
+
+    fn device_with(edit: impl FnOnce(&mut crate::pki::issue::CertSpec)) -> Vec<u8> {
+        let f = fixture();
+        let mut spec = f.ca.leaf_spec_for_test(
+            Role::Device,
+            "device-1",
+            &[],
+            &spki_of(&f.device),
+            Validity::days_from_now(1),
+        );
+        edit(&mut spec);
+        f.ca.sign_for_test(spec)
+    }
+
+    #[test]
+    fn unknown_critical_extension() {
+        let oid = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.32473.1");
+        let unknown = Extension {
+            extn_id: oid,
+            critical: true,
+            extn_value: OctetString::new(vec![0x05, 0x00]).unwrap(),
+        };
+        let der = device_with(|spec| spec.extensions.push(unknown.clone()));
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::UnsupportedCriticalExtension {
+                oid: "1.3.6.1.4.1.32473.1".into()
+            }
+        );
+        // The same extension, not critical, is ignored.
+        let der = device_with(|spec| {
+            spec.extensions.push(Extension {
+                critical: false,
+                ..unknown.clone()
+            })
+        });
+        verify(&der, Role::Device, None).unwrap();
+    }
+
+    #[test]
+    fn duplicate_extension() {
+        let der = device_with(|spec| {
+            let first = spec.extensions[0].clone();
+            spec.extensions.push(first);
+        });
+        let err = verify(&der, Role::Device, None).unwrap_err();
+        assert!(matches!(err, CertError::DuplicateExtension { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_usage_is_required() {
+        // extensions[1] is keyUsage.
+        let der = device_with(|spec| {
+            spec.extensions.remove(1);
+        });
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::MissingKeyUsage {
+                usage: "digitalSignature"
+            }
+        );
+        // extensions[2] is extendedKeyUsage.
+        let der = device_with(|spec| {
+            spec.extensions.remove(2);
+        });
+        assert_eq!(
+            verify(&der, Role::Device, None).unwrap_err(),
+            CertError::WrongRole {
+                expected: Role::Device
+            }
+        );
+    }
+
+    #[test]
+    fn device_common_name_must_be_a_device_name() {
+        for bad in ["../etc", ".hidden", "a b"] {
+            let der = device_with(|spec| spec.subject = make_name(None, bad).unwrap());
+            let err = verify(&der, Role::Device, None).unwrap_err();
+            assert!(
+                matches!(err, CertError::InvalidDeviceName { ref name, .. } if name == bad),
+                "{err}"
+            );
+        }
+        let der = device_with(|spec| spec.subject = make_name(Some("secured"), "x").unwrap());
+        verify(&der, Role::Device, None).unwrap();
+    }
+
+    #[test]
+    fn expired_anchor() {
+        let f = fixture();
+        // A CA certificate on the impostor key whose validity ended.
+        let mut spec = f.impostor_ca.leaf_spec_for_test(
+            Role::Device,
+            "x",
+            &[],
+            f.impostor_ca.trust_anchor().spki_der(),
+            past(),
+        );
+        let name = make_name(Some("secured"), "old CA").unwrap();
+        spec.subject = name.clone();
+        spec.issuer = name;
+        spec.extensions = vec![
+            crate::pki::issue::extension(
+                true,
+                &x509_cert::ext::pkix::BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                },
+                &spec.subject,
+            )
+            .unwrap(),
+            crate::pki::issue::extension(
+                true,
+                &x509_cert::ext::pkix::KeyUsage(
+                    x509_cert::ext::pkix::KeyUsages::KeyCertSign.into(),
+                ),
+                &spec.subject,
+            )
+            .unwrap(),
+        ];
+        let old_ca = CertificateAuthority::from_der(
+            sign_with(spec, f.impostor_ca.key_for_test()),
+            f.impostor_ca.key_pkcs8_der(),
+            crate::pki::testutil::provider(),
+        )
+        .unwrap();
+        // Loading an expired anchor works; verifying against it does not.
+        let anchor =
+            TrustAnchor::from_der(old_ca.cert_der(), crate::pki::testutil::provider()).unwrap();
+        let leaf = old_ca
+            .issue_for_key(
+                Role::Device,
+                "device-1",
+                &[],
+                &spki_of(&f.device),
+                Validity::days_from_now(1),
+            )
+            .unwrap();
+        let err = verify_peer(&anchor, &leaf, Role::Device, None, now()).unwrap_err();
+        assert!(matches!(err, CertError::AnchorExpired { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the trusted CA certificate expired at")
+        );
+    }
+
+    #[test]
+    fn server_names_fixture_matches() {
+        assert_eq!(server_names().len(), 2);
+    }
+}

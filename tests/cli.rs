@@ -1,0 +1,414 @@
+//! The `secured` binary end to end: PKI files, a server process, a device
+//! process, and the one-sentence errors for bad input.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_secured");
+
+fn secured(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("SECURED_CONFIG")
+        .output()
+        .expect("run secured")
+}
+
+/// A PKI made once by `secured pki init` (plus extra certificates), shared
+/// by the tests of this binary; each test copies it into its own folder.
+fn template() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = secured(dir.path(), &["pki", "init", "--ca-bits", "2048"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = secured(
+            dir.path(),
+            &[
+                "pki", "issue", "--role", "device", "--name", "old", "--days", "0",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // An unrelated CA with its own device, in a sibling folder.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        let out = secured(&other, &["pki", "init", "--ca-bits", "2048"]);
+        assert!(out.status.success());
+        dir
+    })
+    .path()
+}
+
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("cp")
+        .args(["-a", &format!("{}/.", template().display())])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+/// A `secured serve` process on 127.0.0.1:0; the address is read from its log.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addr = None;
+        while addr.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("server starts");
+            if line.contains("\"listening\"") {
+                let start = line.find("\"addr\":\"").unwrap() + 8;
+                addr = Some(line[start..].split('"').next().unwrap().to_owned());
+            }
+        }
+        Self {
+            child,
+            addr: addr.unwrap(),
+            log: rx,
+        }
+    }
+
+    /// Waits (bounded) for a log line containing all of `needles`.
+    fn wait_for(&self, needles: &[&str]) -> String {
+        loop {
+            let line = self
+                .log
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
+            if needles.iter().all(|n| line.contains(n)) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A failure is exactly one line on standard error, starting with
+/// `error: `, with exit status 1, no panic and no debug dump.
+fn assert_one_sentence_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("{ ") && !err.contains("Os {"),
+        "{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?} in: {err}");
+    }
+}
+
+#[test]
+fn pki_init_writes_certificates_and_private_keys_0600() {
+    let dir = template();
+    for f in ["certs/ca.pem", "certs/server.pem", "certs/device-1.pem"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{f}");
+    }
+    for f in ["keys/ca.key", "keys/server.key", "keys/device-1.key"] {
+        let meta = std::fs::metadata(dir.join(f)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{f}");
+    }
+}
+
+#[test]
+fn pki_init_refuses_to_overwrite_without_force() {
+    let dir = workdir();
+    let before = std::fs::read(dir.path().join("keys/ca.key")).unwrap();
+    let out = secured(dir.path(), &["pki", "init"]);
+    assert_one_sentence_error(&out, &["--force"]);
+    assert_eq!(
+        before,
+        std::fs::read(dir.path().join("keys/ca.key")).unwrap()
+    );
+}
+
+#[test]
+fn openssl_accepts_the_certificates() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not installed; skipping the cross-check");
+        return;
+    }
+    let dir = template();
+    for leaf in ["certs/server.pem", "certs/device-1.pem"] {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(["verify", "-CAfile", "certs/ca.pem", leaf])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{leaf}: {}", stderr(&out));
+    }
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(["x509", "-noout", "-text", "-in", "certs/server.pem"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "rsassaPss",
+        "CA:FALSE",
+        "Key Encipherment",
+        "TLS Web Server Authentication",
+        "DNS:localhost",
+        "IP Address:127.0.0.1",
+        "Subject Key Identifier",
+        "Authority Key Identifier",
+    ] {
+        assert!(
+            text.contains(needle),
+            "openssl x509 -text lacks {needle}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn serve_and_send_text_through_the_binaries() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--server",
+            &server.addr,
+            "hello from the CLI",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("as device-1 to localhost"), "{stdout}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    let line = server.wait_for(&["text received", "hello from the CLI"]);
+    assert!(line.contains("\"device\":\"device-1\""), "{line}");
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    std::fs::write(
+        dir.path().join("secured.toml"),
+        format!(
+            "[device]\nserver = \"{}\"\nserver_name = \"wrong.example\"\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    // The file's server name is wrong …
+    let out = secured(
+        dir.path(),
+        &["--config", "secured.toml", "device", "send-text", "x"],
+    );
+    assert_one_sentence_error(&out, &["wrong.example"]);
+    // … and the flag overrides it.
+    let out = secured(
+        dir.path(),
+        &[
+            "--config",
+            "secured.toml",
+            "device",
+            "send-text",
+            "--server-name",
+            "localhost",
+            "x",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = workdir();
+    let out = secured(
+        dir.path(),
+        &["device", "send-text", "--cert", "certs/nope.pem", "x"],
+    );
+    assert_one_sentence_error(&out, &["certs/nope.pem"]);
+    let out = secured(dir.path(), &["serve", "--ca", "nowhere/ca.pem"]);
+    assert_one_sentence_error(&out, &["nowhere/ca.pem"]);
+    let out = secured(dir.path(), &["--config", "missing.toml", "serve"]);
+    assert_one_sentence_error(&out, &["missing.toml"]);
+}
+
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_named() {
+    let dir = workdir();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--cert",
+            "certs/device-1.pem",
+            "--key",
+            "keys/server.key",
+            "x",
+        ],
+    );
+    assert_one_sentence_error(&out, &["keys/server.key", "certs/device-1.pem"]);
+    let out = secured(dir.path(), &["serve", "--key", "keys/device-1.key"]);
+    assert_one_sentence_error(&out, &["keys/device-1.key", "certs/server.pem"]);
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_refused() {
+    let dir = workdir();
+    // Locally: the device's own certificate does not chain to its CA file.
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--cert",
+            "other/certs/device-1.pem",
+            "--key",
+            "other/keys/device-1.key",
+            "x",
+        ],
+    );
+    assert_one_sentence_error(&out, &["other/certs/device-1.pem", "CA"]);
+    // Remotely: a device trusting another CA refuses the server.
+    let server = ServerProcess::start(dir.path());
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--server",
+            &server.addr,
+            "--ca",
+            "other/certs/ca.pem",
+            "--cert",
+            "other/certs/device-1.pem",
+            "--key",
+            "other/keys/device-1.key",
+            "x",
+        ],
+    );
+    assert_one_sentence_error(&out, &["unknown_ca", "not issued by the CA"]);
+    server.wait_for(&["handshake failed"]);
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let dir = workdir();
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = secured(dir.path(), &["device", "send-text", "--name", "old", "x"]);
+    assert_one_sentence_error(&out, &["certs/old.pem", "expired"]);
+}
+
+#[test]
+fn the_wrong_server_name_is_refused() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--server",
+            &server.addr,
+            "--server-name",
+            "evil.example",
+            "x",
+        ],
+    );
+    assert_one_sentence_error(&out, &["evil.example", "localhost"]);
+}
+
+#[test]
+fn nothing_listening_is_one_sentence() {
+    let dir = workdir();
+    // Bind and drop to find a port that is (very likely) closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-text",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "x",
+        ],
+    );
+    assert_one_sentence_error(&out, &["cannot connect to 127.0.0.1"]);
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = Command::new(BIN)
+        .args(["demo", "--log-level", "warn"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "[1/4] PKI",
+        "[2/4] server listening on 127.0.0.1:",
+        "[3/4] handshake",
+        "[4/4] sent",
+        "ENDD",
+    ] {
+        assert!(stdout.contains(step), "missing {step}: {stdout}");
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: PathBuf) {}
