@@ -137,10 +137,35 @@ where
     let _ = framed.get_mut().shutdown().await;
 }
 
-fn new_framed<S: AsyncRead + AsyncWrite>(io: S) -> Framed<S, FrameCodec> {
+/// Runs `steps` over a new framed transport within `timeout`; on failure
+/// sends the error's alert in plaintext (keys are not confirmed yet) and
+/// closes.
+async fn handshake<S>(
+    io: S,
+    timeout: Duration,
+    steps: impl AsyncFnOnce(&mut Framed<S, FrameCodec>) -> Result<Established, SessionError>,
+) -> Result<Session<S>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut framed = Framed::new(io, FrameCodec::new());
     framed.set_backpressure_boundary(WRITE_BACKPRESSURE);
-    framed
+    let result = match tokio::time::timeout(timeout, steps(&mut framed)).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Timeout {
+            after: timeout,
+            waiting_for: "the handshake",
+        }),
+    };
+    match result {
+        Ok(est) => Ok(Session::new(framed, est)),
+        Err(e) => {
+            if let Some(code) = e.alert() {
+                send_plain_alert(&mut framed, code).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 impl<S> Session<S>
@@ -156,35 +181,19 @@ where
         config: DeviceConfig,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
-        let mut framed = new_framed(io);
-        let run = async {
+        handshake(io, timeout, async |framed| {
             let (state, helo) = DeviceStart::new(config).start()?;
             framed.send(helo).await?;
-            let frame = next_frame(&mut framed, "the server HELO").await?;
+            let frame = next_frame(framed, "the server HELO").await?;
             let (state, frames) = state.handle(frame, SystemTime::now())?;
             for f in frames {
                 framed.feed(f).await?;
             }
-            SinkExt::<Frame>::flush(&mut framed).await?;
-            let frame = next_frame(&mut framed, "the server FINI").await?;
-            Ok::<_, SessionError>(state.handle(frame)?)
-        };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(SessionError::Timeout {
-                after: timeout,
-                waiting_for: "the handshake",
-            }),
-        };
-        match result {
-            Ok(est) => Ok(Self::new(framed, est)),
-            Err(e) => {
-                if let Some(code) = e.alert() {
-                    send_plain_alert(&mut framed, code).await;
-                }
-                Err(e)
-            }
-        }
+            SinkExt::<Frame>::flush(framed).await?;
+            let frame = next_frame(framed, "the server FINI").await?;
+            Ok(state.handle(frame)?)
+        })
+        .await
     }
 
     /// Runs the server side of the handshake over `io`. `on_device` is
@@ -199,35 +208,19 @@ where
         timeout: Duration,
         on_device: impl FnOnce(&VerifiedPeer),
     ) -> Result<Self, SessionError> {
-        let mut framed = new_framed(io);
-        let run = async {
-            let frame = next_frame(&mut framed, "the device HELO").await?;
+        handshake(io, timeout, async |framed| {
+            let frame = next_frame(framed, "the device HELO").await?;
             let (state, reply) = ExpectDeviceHelo::new(config).handle(frame, SystemTime::now())?;
             on_device(state.device());
             framed.send(reply).await?;
-            let frame = next_frame(&mut framed, "the device PREM").await?;
+            let frame = next_frame(framed, "the device PREM").await?;
             let state = state.handle(frame)?;
-            let frame = next_frame(&mut framed, "the device FINI").await?;
+            let frame = next_frame(framed, "the device FINI").await?;
             let (est, fini) = state.handle(frame)?;
             framed.send(fini).await?;
-            Ok::<_, SessionError>(est)
-        };
-        let result = match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r,
-            Err(_) => Err(SessionError::Timeout {
-                after: timeout,
-                waiting_for: "the handshake",
-            }),
-        };
-        match result {
-            Ok(est) => Ok(Self::new(framed, est)),
-            Err(e) => {
-                if let Some(code) = e.alert() {
-                    send_plain_alert(&mut framed, code).await;
-                }
-                Err(e)
-            }
-        }
+            Ok(est)
+        })
+        .await
     }
 
     fn new(framed: Framed<S, FrameCodec>, est: Established) -> Self {

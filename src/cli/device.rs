@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use clap::{Args, Subcommand};
 
@@ -12,7 +12,7 @@ use crate::client::{ClientSettings, DeviceClient};
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::crypto::default_provider;
 use crate::handshake::DeviceConfig;
-use crate::pki::{Identity, Role, ServerName, TrustAnchor, verify_peer};
+use crate::pki::{Role, ServerName};
 
 #[derive(Debug, Args)]
 pub(super) struct DeviceArgs {
@@ -128,28 +128,12 @@ pub(super) fn load_device_config(
     ca: &Path,
     server_name: ServerName,
 ) -> Result<DeviceConfig, CliError> {
-    let provider = default_provider();
-    let anchor = TrustAnchor::load(ca, provider)?;
-    let identity = Identity::load(cert, key, provider)?;
-    verify_peer(
-        &anchor,
-        identity.cert_der(),
-        Role::Device,
-        None,
-        SystemTime::now(),
-    )
-    .map_err(|e| {
-        CliError::Other(format!(
-            "{} cannot be used with the CA in {}: {e}",
-            cert.display(),
-            ca.display()
-        ))
-    })?;
+    let (identity, anchor) = super::load_own_identity(cert, key, ca, Role::Device)?;
     Ok(DeviceConfig {
         identity: Arc::new(identity),
         anchor: Arc::new(anchor),
         server_name,
-        provider,
+        provider: default_provider(),
     })
 }
 

@@ -82,6 +82,35 @@ impl PkiDirs {
     }
 }
 
+/// Loads our certificate, key and trust anchor, and checks that our own
+/// certificate is valid for `role` under that CA now, so a wrong file is
+/// reported before any connection.
+fn load_own_identity(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+    role: crate::pki::Role,
+) -> Result<(crate::pki::Identity, crate::pki::TrustAnchor), CliError> {
+    let provider = crate::crypto::default_provider();
+    let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
+    let identity = crate::pki::Identity::load(cert, key, provider)?;
+    crate::pki::verify_peer(
+        &anchor,
+        identity.cert_der(),
+        role,
+        None,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| {
+        CliError::Other(format!(
+            "{} is not a valid {role} certificate for the CA in {}: {e}",
+            cert.display(),
+            ca.display()
+        ))
+    })?;
+    Ok((identity, anchor))
+}
+
 /// Everything that can stop a command, as one sentence for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

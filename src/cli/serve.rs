@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::Args;
 use tokio::net::TcpListener;
@@ -12,7 +12,7 @@ use super::CliError;
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::crypto::default_provider;
 use crate::handshake::ServerConfig;
-use crate::pki::{Identity, Role, TrustAnchor, verify_peer};
+use crate::pki::Role;
 use crate::server::{self, ServerSettings};
 
 #[derive(Debug, Args)]
@@ -49,27 +49,11 @@ pub(super) fn load_server_config(
     key: &std::path::Path,
     ca: &std::path::Path,
 ) -> Result<ServerConfig, CliError> {
-    let provider = default_provider();
-    let anchor = TrustAnchor::load(ca, provider)?;
-    let identity = Identity::load(cert, key, provider)?;
-    verify_peer(
-        &anchor,
-        identity.cert_der(),
-        Role::Server,
-        None,
-        SystemTime::now(),
-    )
-    .map_err(|e| {
-        CliError::Other(format!(
-            "{} cannot serve with the CA in {}: {e}",
-            cert.display(),
-            ca.display()
-        ))
-    })?;
+    let (identity, anchor) = super::load_own_identity(cert, key, ca, Role::Server)?;
     Ok(ServerConfig {
         identity: Arc::new(identity),
         anchor: Arc::new(anchor),
-        provider,
+        provider: default_provider(),
     })
 }
 

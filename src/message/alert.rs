@@ -3,58 +3,9 @@
 use super::DecodeError;
 use super::codec::Reader;
 
-macro_rules! alert_codes {
-    ($($(#[$doc:meta])* $name:ident = $value:literal, $text:literal, $meaning:literal;)*) => {
-        /// The code carried by an `ALRT` message. Unknown codes are kept.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[non_exhaustive]
-        pub enum AlertCode {
-            $($(#[$doc])* $name,)*
-            /// A code this version does not define.
-            Unknown(u16),
-        }
-
-        impl AlertCode {
-            /// The wire value.
-            #[must_use]
-            pub fn to_u16(self) -> u16 {
-                match self {
-                    $(Self::$name => $value,)*
-                    Self::Unknown(v) => v,
-                }
-            }
-
-            /// The code for a wire value.
-            #[must_use]
-            pub fn from_u16(v: u16) -> Self {
-                match v {
-                    $($value => Self::$name,)*
-                    other => Self::Unknown(other),
-                }
-            }
-
-            /// The registered name, e.g. `bad_certificate`.
-            #[must_use]
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Self::$name => $text,)*
-                    Self::Unknown(_) => "unknown",
-                }
-            }
-
-            /// What the code tells the receiver, as a phrase for users.
-            #[must_use]
-            pub fn meaning(self) -> &'static str {
-                match self {
-                    $(Self::$name => $meaning,)*
-                    Self::Unknown(_) => "an error this version does not know",
-                }
-            }
-        }
-    };
-}
-
-alert_codes! {
+wire_codes! {
+    /// The code carried by an `ALRT` message (proto-spec.md §9). Unknown codes are kept.
+    pub enum AlertCode;
     /// A message arrived that is not allowed at this point.
     UnexpectedMessage = 10, "unexpected_message", "a message arrived that is not allowed at that point";
     /// A protected record failed authentication.

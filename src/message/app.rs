@@ -63,65 +63,25 @@ impl Secx {
     }
 }
 
-macro_rules! ack_statuses {
-    ($($(#[$doc:meta])* $name:ident = $value:literal, $text:literal;)*) => {
-        /// The status of an `ACK_`. Unknown values are kept.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[non_exhaustive]
-        pub enum AckStatus {
-            $($(#[$doc])* $name,)*
-            /// A status this version does not define.
-            Unknown(u16),
-        }
-
-        impl AckStatus {
-            /// The wire value.
-            #[must_use]
-            pub fn to_u16(self) -> u16 {
-                match self {
-                    $(Self::$name => $value,)*
-                    Self::Unknown(v) => v,
-                }
-            }
-
-            /// The status for a wire value.
-            #[must_use]
-            pub fn from_u16(v: u16) -> Self {
-                match v {
-                    $($value => Self::$name,)*
-                    other => Self::Unknown(other),
-                }
-            }
-
-            /// The registered name, e.g. `ok`.
-            #[must_use]
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(Self::$name => $text,)*
-                    Self::Unknown(_) => "unknown",
-                }
-            }
-        }
-    };
-}
-
-ack_statuses! {
+wire_codes! {
+    /// The status of an `ACK_` (proto-spec.md §8.5). Unknown values are kept.
+    pub enum AckStatus;
     /// Accepted (and, for files, stored).
-    Ok = 0, "ok";
+    Ok = 0, "ok", "accepted";
     /// The request was malformed.
-    BadRequest = 1, "bad_request";
+    BadRequest = 1, "bad_request", "the request was malformed";
     /// Refused by policy (for example, a file of that name exists).
-    Rejected = 2, "rejected";
+    Rejected = 2, "rejected", "refused by the server's policy";
     /// The message type is not supported by the receiver.
-    Unsupported = 3, "unsupported";
+    Unsupported = 3, "unsupported", "the server does not support this request";
     /// Over a size limit.
-    TooLarge = 4, "too_large";
+    TooLarge = 4, "too_large", "over a size limit";
     /// A signature or hash did not verify.
-    BadSignature = 5, "bad_signature";
+    BadSignature = 5, "bad_signature", "a signature or hash did not verify";
     /// The receiver could not store the data.
-    StorageError = 6, "storage_error";
+    StorageError = 6, "storage_error", "the server could not store the data";
     /// A name was refused (path traversal, control characters, length).
-    BadName = 7, "bad_name";
+    BadName = 7, "bad_name", "the name was refused";
 }
 
 impl fmt::Display for AckStatus {

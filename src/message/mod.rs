@@ -5,6 +5,62 @@
 //! ones. Decoding is total: any byte string yields a message or a
 //! [`DecodeError`] naming the message and field, never a panic.
 
+/// Declares a registry of `u16` wire codes: an enum that keeps unknown
+/// values, with conversions, the registered name and a phrase for users.
+macro_rules! wire_codes {
+    (
+        $(#[$enum_doc:meta])* $vis:vis enum $ty:ident;
+        $($(#[$doc:meta])* $name:ident = $value:literal, $text:literal, $meaning:literal;)*
+    ) => {
+        $(#[$enum_doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        $vis enum $ty {
+            $($(#[$doc])* $name,)*
+            /// A value this version does not define.
+            Unknown(u16),
+        }
+
+        impl $ty {
+            /// The wire value.
+            #[must_use]
+            pub fn to_u16(self) -> u16 {
+                match self {
+                    $(Self::$name => $value,)*
+                    Self::Unknown(v) => v,
+                }
+            }
+
+            /// The code for a wire value.
+            #[must_use]
+            pub fn from_u16(v: u16) -> Self {
+                match v {
+                    $($value => Self::$name,)*
+                    other => Self::Unknown(other),
+                }
+            }
+
+            /// The registered name.
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$name => $text,)*
+                    Self::Unknown(_) => "unknown",
+                }
+            }
+
+            /// What the code means, as a phrase for users.
+            #[must_use]
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$name => $meaning,)*
+                    Self::Unknown(_) => "a code this version does not know",
+                }
+            }
+        }
+    };
+}
+
 mod alert;
 mod app;
 pub(crate) mod codec;

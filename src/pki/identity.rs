@@ -81,19 +81,7 @@ impl Identity {
         let not_after = parsed.not_after();
         drop(parsed);
 
-        let key = provider
-            .rsa
-            .load_private_key(key_pkcs8_der)
-            .map_err(|source| PkiError::Key {
-                origin: key_origin.to_owned(),
-                source,
-            })?;
-        if key.public_key_spki_der() != spki.as_slice() {
-            return Err(PkiError::KeyMismatch {
-                key: key_origin.to_owned(),
-                cert: cert_origin.to_owned(),
-            });
-        }
+        let key = load_matching_key(provider, key_pkcs8_der, &spki, key_origin, cert_origin)?;
         Ok(Self {
             cert_der,
             key,
@@ -134,6 +122,31 @@ impl fmt::Debug for Identity {
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
+}
+
+/// Loads a private key and checks that it belongs to the certificate whose
+/// SubjectPublicKeyInfo is `cert_spki`; errors name both origins.
+pub(super) fn load_matching_key(
+    provider: &'static CryptoProvider,
+    key_pkcs8_der: &[u8],
+    cert_spki: &[u8],
+    key_origin: &str,
+    cert_origin: &str,
+) -> Result<Arc<dyn RsaPrivateKey>, PkiError> {
+    let key = provider
+        .rsa
+        .load_private_key(key_pkcs8_der)
+        .map_err(|source| PkiError::Key {
+            origin: key_origin.to_owned(),
+            source,
+        })?;
+    if key.public_key_spki_der() != cert_spki {
+        return Err(PkiError::KeyMismatch {
+            key: key_origin.to_owned(),
+            cert: cert_origin.to_owned(),
+        });
+    }
+    Ok(key)
 }
 
 #[cfg(test)]

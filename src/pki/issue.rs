@@ -246,19 +246,13 @@ impl CertificateAuthority {
             origin: cert_origin.to_owned(),
             source,
         })?;
-        let key = provider
-            .rsa
-            .load_private_key(&key_pkcs8)
-            .map_err(|source| PkiError::Key {
-                origin: key_origin.to_owned(),
-                source,
-            })?;
-        if key.public_key_spki_der() != anchor.spki_der() {
-            return Err(PkiError::KeyMismatch {
-                key: key_origin.to_owned(),
-                cert: cert_origin.to_owned(),
-            });
-        }
+        let key = super::identity::load_matching_key(
+            provider,
+            &key_pkcs8,
+            anchor.spki_der(),
+            key_origin,
+            cert_origin,
+        )?;
         Ok(Self {
             anchor,
             key,
