@@ -333,7 +333,8 @@ pub(crate) fn decode_cert_pem(pem_bytes: &[u8], origin: &str) -> Result<Vec<u8>,
 
 /// Reads a PKCS#8 PEM private key file and returns its DER.
 pub(crate) fn read_key_pem(path: &Path) -> Result<Zeroizing<Vec<u8>>, PkiError> {
-    let bytes = read_limited(path, "private key")?;
+    // The PEM text holds the key too: zeroize it as well.
+    let bytes = Zeroizing::new(read_limited(path, "private key")?);
     match pem::decode_vec(&bytes) {
         Ok((KEY_LABEL, der)) => Ok(Zeroizing::new(der)),
         Ok((_, der)) => {
