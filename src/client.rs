@@ -1,13 +1,23 @@
 //! The device API: connect, authenticate, send, close.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::frame::FrameKind;
 use crate::handshake::DeviceConfig;
-use crate::message::{Ack, AckStatus, AlertCode, MAX_TEXT_LEN, Message, Secx, StreamId};
+use crate::message::{
+    Ack, AckStatus, AlertCode, IMGX_DATA_HEADER_LEN, Imgx, ImgxOpen, MAX_TEXT_LEN, MediaKind,
+    Message, Secx, StreamId,
+};
+use crate::pki::Identity;
 use crate::pki::VerifiedPeer;
+use crate::store::validate_file_name;
+use crate::transfer::{file_digest, spawn_reader};
+
 use crate::session::{DEFAULT_HANDSHAKE_TIMEOUT, Session, SessionError};
 
 /// Time limits of a device.
@@ -52,6 +62,35 @@ pub enum ClientError {
         /// Its length.
         len: usize,
     },
+    /// A file name the protocol does not allow.
+    #[error("cannot send a file named {name:?}: {reason}")]
+    BadFileName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file changed size while it was being sent.
+    #[error("{} changed while it was being sent ({expected} bytes expected, {got} read); nothing was stored", path.display())]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// Size announced.
+        expected: u64,
+        /// Size read.
+        got: u64,
+    },
+    /// The device key could not sign.
+    #[error("cannot sign the file: {0}")]
+    Sign(#[from] crate::crypto::CryptoError),
     /// The server answered with a status other than `ok`.
     #[error("the server refused stream {stream}: {status}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
     Refused {
@@ -64,9 +103,48 @@ pub enum ClientError {
     },
 }
 
+/// A file to send, with the metadata the device declares for it.
+#[derive(Debug, Clone)]
+pub struct OutgoingFile {
+    /// Where to read it.
+    pub path: PathBuf,
+    /// The name to propose to the server.
+    pub name: String,
+    /// Image or video.
+    pub kind: MediaKind,
+    /// Media type, e.g. `image/png`.
+    pub content_type: String,
+    /// Size in bytes (the file must not change while it is sent).
+    pub size: u64,
+}
+
+/// The server's receipt for a stored file.
+#[derive(Debug, Clone)]
+pub struct FileReceipt {
+    /// The stream the file travelled on.
+    pub stream: StreamId,
+    /// The name the server stored it under.
+    pub stored_as: String,
+    /// SHA-256 of what the device read and sent.
+    pub local_sha256: [u8; 32],
+    /// SHA-256 of what the server stored.
+    pub server_sha256: [u8; 32],
+    /// Bytes sent.
+    pub size: u64,
+}
+
+impl FileReceipt {
+    /// Whether the server stored exactly what was sent.
+    #[must_use]
+    pub fn verified(&self) -> bool {
+        self.local_sha256 == self.server_sha256
+    }
+}
+
 /// An authenticated device session.
 pub struct DeviceClient<S> {
     session: Session<S>,
+    identity: Arc<Identity>,
     last_stream: Option<StreamId>,
     settings: ClientSettings,
 }
@@ -104,9 +182,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
         config: DeviceConfig,
         settings: ClientSettings,
     ) -> Result<Self, ClientError> {
+        let identity = config.identity.clone();
         let session = Session::connect(io, config, settings.handshake_timeout).await?;
         Ok(Self {
             session,
+            identity,
             last_stream: None,
             settings,
         })
@@ -140,12 +220,112 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
                 text: text.to_owned(),
             }))
             .await?;
-        self.await_ack(stream).await
+        self.await_ack(stream, self.settings.reply_timeout).await
+    }
+
+    /// Streams a file (proto-spec.md §8.3): `OPEN`, then the content in
+    /// chunks as it is read, then `DONE` with the device's signature over
+    /// the file digest. `progress` is called with each chunk's size. Memory
+    /// use does not depend on the file's size.
+    ///
+    /// # Errors
+    /// [`ClientError::BadFileName`] before anything is sent;
+    /// [`ClientError::Read`] or [`ClientError::FileChanged`] (the stream is
+    /// aborted, nothing is stored); [`ClientError::Refused`] if the server
+    /// refuses the file; session errors.
+    pub async fn send_file(
+        &mut self,
+        file: &OutgoingFile,
+        mut progress: impl FnMut(u64),
+    ) -> Result<FileReceipt, ClientError> {
+        validate_file_name(&file.name).map_err(|reason| ClientError::BadFileName {
+            name: file.name.clone(),
+            reason,
+        })?;
+        let read_error = |source| ClientError::Read {
+            path: file.path.clone(),
+            source,
+        };
+        let stream = self.open_stream();
+        let (mut chunks, reader) = spawn_reader(&file.path, stream).map_err(read_error)?;
+        self.session
+            .send(&Message::Imgx(Imgx::Open(ImgxOpen {
+                stream,
+                kind: file.kind,
+                size: file.size,
+                name: file.name.clone(),
+                content_type: file.content_type.clone(),
+            })))
+            .await?;
+        // The server answers OPEN before any data: a refusal costs no upload.
+        self.await_ack(stream, self.settings.reply_timeout).await?;
+
+        while let Some(chunk) = chunks.recv().await {
+            self.session.feed_raw(FrameKind::IMGX, &chunk).await?;
+            progress((chunk.len() - IMGX_DATA_HEADER_LEN) as u64);
+        }
+        let read = match reader.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.abort_stream(stream, read_error(e)).await),
+            Err(e) => {
+                return Err(self
+                    .abort_stream(stream, read_error(std::io::Error::other(e)))
+                    .await);
+            }
+        };
+        if read.size != file.size {
+            let err = ClientError::FileChanged {
+                path: file.path.clone(),
+                expected: file.size,
+                got: read.size,
+            };
+            return Err(self.abort_stream(stream, err).await);
+        }
+        let digest = file_digest(
+            file.kind,
+            read.size,
+            &file.name,
+            &file.content_type,
+            &read.content_hash,
+        );
+        let signature = self.identity.key().pss_sign_digest(&digest)?;
+        self.session
+            .send(&Message::Imgx(Imgx::Done { stream, signature }))
+            .await?;
+        // The server fsyncs before answering: allow for the disk.
+        let timeout = self.settings.reply_timeout + Duration::from_secs(file.size / (50 << 20));
+        let ack = self.await_ack(stream, timeout).await?;
+        let (hash, name) = ack.detail.split_at(ack.detail.len().min(32));
+        let mut server_sha256 = [0u8; 32];
+        if hash.len() == 32 {
+            server_sha256.copy_from_slice(hash);
+        }
+        Ok(FileReceipt {
+            stream,
+            stored_as: String::from_utf8_lossy(name).into_owned(),
+            local_sha256: read.content_hash,
+            server_sha256,
+            size: read.size,
+        })
+    }
+
+    /// Abandons an open `IMGX` stream and returns `err`.
+    async fn abort_stream(&mut self, stream: StreamId, err: ClientError) -> ClientError {
+        let abort = Message::Imgx(Imgx::Abort {
+            stream,
+            reason: err.to_string(),
+        });
+        if let Err(e) = self.session.send(&abort).await {
+            return e.into();
+        }
+        match self.await_ack(stream, self.settings.reply_timeout).await {
+            Ok(_) | Err(ClientError::Refused { .. }) => err,
+            Err(e) => e,
+        }
     }
 
     /// Waits for the `ACK_` of `stream`.
-    async fn await_ack(&mut self, stream: StreamId) -> Result<Ack, ClientError> {
-        let timeout = self.settings.reply_timeout;
+    async fn await_ack(&mut self, stream: StreamId, timeout: Duration) -> Result<Ack, ClientError> {
         let msg = tokio::time::timeout(timeout, self.session.recv())
             .await
             .map_err(|_| SessionError::Timeout {

@@ -16,6 +16,7 @@
 //! handshake_timeout_secs = 10
 //! idle_timeout_secs = 300
 //! max_connections = 1024
+//! max_file_size = "64GiB"
 //!
 //! [device]
 //! server = "server.example.net:7443"
@@ -92,6 +93,8 @@ pub struct ServerSection {
     pub idle_timeout_secs: Option<u64>,
     /// Most concurrent sessions.
     pub max_connections: Option<usize>,
+    /// Largest upload, e.g. `"64GiB"`.
+    pub max_file_size: Option<bytesize::ByteSize>,
 }
 
 /// `[device]`.

@@ -9,10 +9,13 @@ pub mod crypto;
 pub mod frame;
 pub mod handshake;
 pub mod logging;
+pub mod media;
 pub mod message;
 pub mod pki;
 pub mod record;
 pub mod server;
 pub mod session;
+pub mod store;
 #[doc(hidden)]
 pub mod testkit;
+pub mod transfer;

@@ -18,8 +18,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::handshake::ServerConfig;
-use crate::message::{Ack, AckStatus, AlertCode, Message, StreamId};
+use crate::message::{Ack, AckStatus, AlertCode, Imgx, Message, StreamId};
 use crate::session::{DEFAULT_HANDSHAKE_TIMEOUT, Session, SessionError};
+use crate::store::{Cleanup, Store};
+use crate::transfer::{self, Reply, Sender, Upload, UploadLimits};
 
 /// Operational limits of the daemon.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Where received data is stored, one folder per device.
     pub data_dir: PathBuf,
+    /// Limits of file uploads.
+    pub uploads: UploadLimits,
 }
 
 impl Default for ServerSettings {
@@ -42,21 +46,33 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             data_dir: PathBuf::from("data"),
+            uploads: UploadLimits::default(),
         }
     }
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled.
 ///
+/// The data folder is opened first, and what interrupted transfers left
+/// there is removed.
+///
 /// # Errors
-/// Never returns an error today; accept failures (such as running out of
-/// file descriptors) are logged and retried after a pause.
+/// The data folder cannot be created or read. Accept failures (such as
+/// running out of file descriptors) are logged and retried after a pause.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let (store, cleanup) = Store::open(&settings.data_dir)?;
+    if cleanup != Cleanup::default() {
+        info!(
+            partial_files = cleanup.partial_files,
+            orphan_records = cleanup.orphan_records,
+            "removed what interrupted transfers left behind"
+        );
+    }
     let settings = Arc::new(settings);
     let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
     let tracker = TaskTracker::new();
@@ -86,9 +102,10 @@ pub async fn run(
         let config = config.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
+        let store = store.clone();
         tracker.spawn(
             async move {
-                serve_connection(socket, peer, config, &settings, shutdown).await;
+                serve_connection(socket, peer, config, &settings, &store, shutdown).await;
                 drop(permit);
             }
             .instrument(span),
@@ -106,6 +123,7 @@ async fn serve_connection(
     peer: SocketAddr,
     config: ServerConfig,
     settings: &ServerSettings,
+    store: &Store,
     shutdown: CancellationToken,
 ) {
     let _ = socket.set_nodelay(true);
@@ -125,6 +143,7 @@ async fn serve_connection(
     info!(serial = %session.peer().serial_hex(), "device authenticated");
 
     let mut last_stream: Option<StreamId> = None;
+    let mut upload: Option<Upload> = None;
     loop {
         let next = tokio::select! {
             r = tokio::time::timeout(settings.idle_timeout, session.recv()) => r,
@@ -160,6 +179,34 @@ async fn serve_connection(
                     Err(reason) => ack(secx.stream, AckStatus::BadRequest, reason),
                 };
                 session.send(&ack).await
+            }
+            Message::Imgx(imgx) => {
+                if let Imgx::Open(open) = &imgx {
+                    if let Err(reason) = check_stream(last_stream, open.stream) {
+                        let reply = ack(open.stream, AckStatus::BadRequest, reason);
+                        if let Err(e) = session.send(&reply).await {
+                            report_session_error(&e);
+                            return;
+                        }
+                        continue;
+                    }
+                    last_stream = Some(open.stream);
+                }
+                let device = session.peer().name().to_owned();
+                let sender = Sender {
+                    device: &device,
+                    serial: session.peer().serial_hex(),
+                    key: session.peer().public_key().as_ref(),
+                };
+                match transfer::handle(imgx, &mut upload, store, &settings.uploads, &sender).await {
+                    Reply::None => Ok(()),
+                    Reply::Ack(msg) => session.send(&msg).await,
+                    Reply::Fatal(code, reason) => {
+                        warn!(alert = %code, reason, "closing the session");
+                        session.abort(code).await;
+                        return;
+                    }
+                }
             }
             Message::Endd => {
                 match session.finish_close().await {

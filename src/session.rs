@@ -309,7 +309,7 @@ where
     /// As [`Session::recv_raw`], plus decode errors.
     pub async fn recv(&mut self) -> Result<Message, SessionError> {
         let (kind, plain) = self.recv_raw().await?;
-        match Message::decode(kind, &plain)? {
+        match Message::decode_owned(kind, plain)? {
             Message::Alert(code) => Err(SessionError::PeerAlert(code)),
             Message::Endd => {
                 self.received_endd = true;

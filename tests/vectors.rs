@@ -102,6 +102,31 @@ fn key_schedule_matches_the_spec() {
 }
 
 #[test]
+fn file_digest_matches_the_spec() {
+    let vs = spec_vectors();
+    let content = b"hello, image";
+    let content_hash = secured::crypto::hash::sha256(&[content]);
+    check(&vs, "file_content_hash", &content_hash);
+    let digest = secured::transfer::file_digest(
+        secured::message::MediaKind::Image,
+        content.len() as u64,
+        "hello.png",
+        "image/png",
+        &content_hash,
+    );
+    check(&vs, "file_digest", &digest);
+    let open = Message::Imgx(secured::message::Imgx::Open(secured::message::ImgxOpen {
+        stream: StreamId(3),
+        kind: secured::message::MediaKind::Image,
+        size: content.len() as u64,
+        name: "hello.png".into(),
+        content_type: "image/png".into(),
+    }))
+    .to_body();
+    check(&vs, "imgx_open_plaintext", &open);
+}
+
+#[test]
 fn sealed_records_match_the_spec() {
     let vs = spec_vectors();
     let keys = kdf::derive(

@@ -8,11 +8,14 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::client::{ClientSettings, DeviceClient};
+use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::crypto::default_provider;
 use crate::handshake::DeviceConfig;
+use crate::media::detect_file;
+use crate::message::MediaKind;
 use crate::pki::{Role, ServerName};
+use crate::store::validate_file_name;
 
 #[derive(Debug, Args)]
 pub(super) struct DeviceArgs {
@@ -52,12 +55,94 @@ enum Action {
         /// The text, UTF-8, at most 32768 bytes.
         text: String,
     },
+    /// Send image or video files, signed, over one session.
+    SendFile {
+        /// The files to send.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Name to store the file under (one file only) [default: its file name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// What the files are; `auto` decides from magic bytes or the extension.
+        #[arg(long, value_enum, default_value_t = KindArg::Auto)]
+        kind: KindArg,
+        /// Print the transfer report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KindArg {
+    Image,
+    Video,
+    Auto,
 }
 
 /// The resolved connection settings.
 pub(super) struct Resolved {
     pub(super) addr: String,
     pub(super) config: DeviceConfig,
+}
+
+/// Checks a file before connecting and fills in its metadata.
+fn prepare_file(path: &Path, name: Option<&str>, kind: KindArg) -> Result<OutgoingFile, CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(CliError::Other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                CliError::Other(format!(
+                    "{} has no UTF-8 file name; pass --name",
+                    path.display()
+                ))
+            })?
+            .to_owned(),
+    };
+    validate_file_name(&name).map_err(|reason| {
+        CliError::Usage(format!("cannot send a file named {name:?}: {reason}"))
+    })?;
+    let detected = detect_file(path)
+        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
+    let (kind, content_type) = match (kind, detected.kind) {
+        (KindArg::Auto, Some(k)) => (k, detected.content_type),
+        (KindArg::Auto, None) => {
+            return Err(CliError::Usage(format!(
+                "cannot tell whether {} is an image or a video (it looks like {}); pass --kind image or --kind video",
+                path.display(),
+                detected.content_type
+            )));
+        }
+        (forced, found) => {
+            let k = if forced == KindArg::Image {
+                MediaKind::Image
+            } else {
+                MediaKind::Video
+            };
+            let ct = if found == Some(k) {
+                detected.content_type
+            } else {
+                "application/octet-stream".to_owned()
+            };
+            (k, ct)
+        }
+    };
+    Ok(OutgoingFile {
+        path: path.to_owned(),
+        name,
+        kind,
+        content_type,
+        size: meta.len(),
+    })
 }
 
 /// The host part of `host:port` or `[v6]:port`.
@@ -139,6 +224,25 @@ pub(super) fn load_device_config(
 
 pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliError> {
     match args.action {
+        Action::SendFile {
+            paths,
+            name,
+            kind,
+            json,
+        } => {
+            if name.is_some() && paths.len() > 1 {
+                return Err(CliError::Usage(
+                    "--name applies to a single file; send the files one by one to rename them"
+                        .into(),
+                ));
+            }
+            let files = paths
+                .iter()
+                .map(|p| prepare_file(p, name.as_deref(), kind))
+                .collect::<Result<Vec<_>, _>>()?;
+            let resolved = resolve(&args.conn, file)?;
+            super::files::send_files(&resolved.addr, resolved.config, &files, json).await
+        }
         Action::SendText { text } => {
             let text = if text == "-" {
                 let mut s = String::new();

@@ -3,6 +3,7 @@
 
 mod demo;
 mod device;
+mod files;
 mod pki;
 mod serve;
 

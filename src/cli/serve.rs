@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,7 @@ use crate::crypto::default_provider;
 use crate::handshake::ServerConfig;
 use crate::pki::Role;
 use crate::server::{self, ServerSettings};
+use crate::transfer::UploadLimits;
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -41,6 +43,9 @@ pub(super) struct ServeArgs {
     /// Most sessions served at once [default: 1024].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Largest file a device may upload, e.g. 500MiB or 64GiB [default: 64GiB].
+    #[arg(long, value_name = "SIZE")]
+    max_file_size: Option<ByteSize>,
 }
 
 /// Loads and cross-checks the server's certificate, key and CA.
@@ -87,6 +92,12 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
             .or(f.max_connections)
             .unwrap_or(defaults.max_connections),
         data_dir: data_dir.clone(),
+        uploads: UploadLimits {
+            max_file_size: args
+                .max_file_size
+                .or(f.max_file_size)
+                .map_or(defaults.uploads.max_file_size, |b| b.as_u64()),
+        },
     };
     if settings.max_connections == 0 {
         return Err(CliError::Usage(
@@ -95,12 +106,6 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
     }
 
     let config = load_server_config(&cert, &key, &ca)?;
-    std::fs::create_dir_all(&data_dir).map_err(|e| {
-        CliError::Other(format!(
-            "cannot create data folder {}: {e}",
-            data_dir.display()
-        ))
-    })?;
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
@@ -114,7 +119,12 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
     });
     server::run(listener, config, settings, shutdown)
         .await
-        .map_err(|e| CliError::Other(format!("server failed: {e}")))
+        .map_err(|e| {
+            CliError::Other(format!(
+                "cannot use the data folder {}: {e}",
+                data_dir.display()
+            ))
+        })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -16,7 +16,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::PreMaster;
-use super::transcript::HASH_LEN;
+use super::hash::HASH_LEN;
 
 /// Length of each handshake nonce in bytes.
 pub const NONCE_LEN: usize = 32;

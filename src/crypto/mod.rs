@@ -11,14 +11,15 @@
 //! * [`kdf`] is the HKDF-SHA256 key schedule (proto-spec.md §6).
 //! * [`cipher`] is AES-256-CBC + HMAC-SHA256 encrypt-then-MAC for one
 //!   direction of the record layer (proto-spec.md §7).
-//! * [`transcript`] is the running SHA-256 over handshake frames.
+//! * [`hash`] is SHA-256: the handshake transcript and streamed file content.
 //!
 //! Secrets live in types that zeroize on drop and whose `Debug` prints nothing.
 
 pub mod cipher;
+pub mod hash;
 pub mod kdf;
 mod rustcrypto;
-pub mod transcript;
+
 pub mod x509;
 
 use std::fmt;
@@ -158,6 +159,14 @@ pub trait RsaPrivateKey: Send + Sync {
     /// # Errors
     /// [`CryptoError::Sign`].
     fn pss_sign(&self, message: &[u8]) -> Result<Vec<u8>, CryptoError>;
+
+    /// Signs a SHA-256 digest computed by the caller with RSASSA-PSS: the
+    /// digest is used as `mHash` of EMSA-PSS (RFC 8017 §9.1.1 step 2), for
+    /// data that was hashed as it streamed.
+    ///
+    /// # Errors
+    /// [`CryptoError::Sign`].
+    fn pss_sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CryptoError>;
 }
 
 /// An RSA public key held by a backend.
@@ -176,6 +185,13 @@ pub trait RsaPublicKey: Send + Sync {
     /// # Errors
     /// [`CryptoError::BadSignature`].
     fn pss_verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError>;
+
+    /// Verifies an RSASSA-PSS-SHA256 signature over a SHA-256 digest (the
+    /// counterpart of [`RsaPrivateKey::pss_sign_digest`]).
+    ///
+    /// # Errors
+    /// [`CryptoError::BadSignature`].
+    fn pss_verify_digest(&self, digest: &[u8; 32], signature: &[u8]) -> Result<(), CryptoError>;
 }
 
 /// The 32-byte pre-master secret (proto-spec.md §5.3).

@@ -98,6 +98,12 @@ impl RsaPrivateKey for PrivateKey {
             .pss_sign::<Sha256>(message)
             .map_err(|_| CryptoError::Sign)
     }
+
+    fn pss_sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
+        self.key
+            .pss_sign_prehash::<Sha256>(digest)
+            .map_err(|_| CryptoError::Sign)
+    }
 }
 
 struct PublicKey(rsa::PublicKey);
@@ -116,6 +122,12 @@ impl RsaPublicKey for PublicKey {
     fn pss_verify(&self, message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
         self.0
             .pss_verify::<Sha256>(message, signature)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    fn pss_verify_digest(&self, digest: &[u8; 32], signature: &[u8]) -> Result<(), CryptoError> {
+        self.0
+            .pss_verify_prehash::<Sha256>(digest, signature)
             .map_err(|_| CryptoError::BadSignature)
     }
 }

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use super::{
     Established, HandshakeError, check_finished, device_proof_input, expect_kind, seal_finished,
 };
+use crate::crypto::hash::{HASH_LEN, Transcript};
 use crate::crypto::kdf::{self, NONCE_LEN};
-use crate::crypto::transcript::{HASH_LEN, Transcript};
 use crate::crypto::{CryptoProvider, PreMaster};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION, Prem};

@@ -23,7 +23,7 @@ pub use server::{ExpectDeviceFinished, ExpectDeviceHelo, ExpectPrem, ServerConfi
 
 use subtle::ConstantTimeEq;
 
-use crate::crypto::transcript::{HASH_LEN, sha256};
+use crate::crypto::hash::{HASH_LEN, sha256};
 use crate::crypto::{CryptoError, kdf};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{AlertCode, DecodeError, Fini, Message};

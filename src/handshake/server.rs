@@ -9,8 +9,8 @@ use zeroize::Zeroizing;
 use super::{
     Established, HandshakeError, check_finished, device_proof_input, expect_kind, seal_finished,
 };
+use crate::crypto::hash::{HASH_LEN, Transcript};
 use crate::crypto::kdf::{self, NONCE_LEN};
-use crate::crypto::transcript::{HASH_LEN, Transcript};
 use crate::crypto::{CryptoProvider, PreMaster, unwrap_premaster};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION};

@@ -183,7 +183,7 @@ fn undecryptable_pre_master_fails_only_at_finished() {
     let (s, server_helo) = ExpectDeviceHelo::new(p.server_config())
         .handle(helo.clone(), now)
         .unwrap();
-    let mut t = crate::crypto::transcript::Transcript::new();
+    let mut t = crate::crypto::hash::Transcript::new();
     t.add(&helo.to_wire());
     t.add(&server_helo.to_wire());
     let ct = vec![0x42u8; 256];

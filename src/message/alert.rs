@@ -28,6 +28,9 @@ wire_codes! {
     CertificateExpired = 45, "certificate_expired", "a certificate has expired";
     /// A certificate is for the wrong role (server vs device) or name.
     CertificateRole = 46, "certificate_role", "a certificate is for another role or name";
+    /// A field had a value the protocol forbids (a file name with a path
+    /// separator, more data than declared, …).
+    IllegalParameter = 47, "illegal_parameter", "a message field had a forbidden value";
     /// A certificate was not issued by the trusted CA.
     UnknownCa = 48, "unknown_ca", "a certificate was not issued by the CA the other side trusts";
     /// No protocol version in common.

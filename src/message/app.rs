@@ -82,6 +82,8 @@ wire_codes! {
     StorageError = 6, "storage_error", "the server could not store the data";
     /// A name was refused (path traversal, control characters, length).
     BadName = 7, "bad_name", "the name was refused";
+    /// The device abandoned the stream; nothing was kept.
+    Aborted = 8, "aborted", "the transfer was abandoned and nothing was stored";
 }
 
 impl fmt::Display for AckStatus {
@@ -123,5 +125,212 @@ impl Ack {
             out,
             &self.detail[..self.detail.len().min(MAX_ACK_DETAIL_LEN)],
         );
+    }
+}
+
+/// Longest file name in an `IMGX` open, in bytes of UTF-8. Shorter than
+/// file systems allow, so the server can add a suffix on a name collision.
+pub const MAX_FILE_NAME_LEN: usize = 200;
+/// Longest media type in an `IMGX` open.
+pub const MAX_CONTENT_TYPE_LEN: usize = 127;
+/// Bytes before the chunk in an `IMGX` data record: stream id and op.
+pub const IMGX_DATA_HEADER_LEN: usize = 5;
+/// Largest chunk in one `IMGX` data record.
+pub const MAX_CHUNK_LEN: usize = crate::record::MAX_PLAINTEXT_LEN - IMGX_DATA_HEADER_LEN;
+
+/// What a streamed file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// A still image (value 1).
+    Image,
+    /// A video (value 2).
+    Video,
+}
+
+impl MediaKind {
+    /// The wire value.
+    #[must_use]
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Self::Image => 1,
+            Self::Video => 2,
+        }
+    }
+
+    /// The name used in reports and metadata.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+        }
+    }
+}
+
+impl fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The first message of an `IMGX` stream: what is coming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImgxOpen {
+    /// The stream this file travels on.
+    pub stream: StreamId,
+    /// Image or video.
+    pub kind: MediaKind,
+    /// Exact number of content bytes that follow.
+    pub size: u64,
+    /// The file name the device proposes (checked by the server).
+    pub name: String,
+    /// The media type, e.g. `image/png`.
+    pub content_type: String,
+}
+
+/// `IMGX`: a signed file stream from the device (proto-spec.md §8.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Imgx {
+    /// op 1: metadata.
+    Open(ImgxOpen),
+    /// op 2: the next piece of content.
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes (a view into the received record: no copy).
+        chunk: bytes::Bytes,
+    },
+    /// op 3: the end, with the device's signature.
+    Done {
+        /// The stream.
+        stream: StreamId,
+        /// RSA-PSS signature over the file digest.
+        signature: Vec<u8>,
+    },
+    /// op 4: the device abandons the stream.
+    Abort {
+        /// The stream.
+        stream: StreamId,
+        /// Why, for the server's log.
+        reason: String,
+    },
+}
+
+impl Imgx {
+    /// The stream of any `IMGX` message.
+    #[must_use]
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Self::Open(o) => o.stream,
+            Self::Data { stream, .. } | Self::Done { stream, .. } | Self::Abort { stream, .. } => {
+                *stream
+            }
+        }
+    }
+
+    /// The first bytes of a data record for `stream`; the chunk follows.
+    #[must_use]
+    pub fn data_header(stream: StreamId) -> [u8; IMGX_DATA_HEADER_LEN] {
+        let mut h = [0u8; IMGX_DATA_HEADER_LEN];
+        h[..4].copy_from_slice(&stream.0.to_be_bytes());
+        h[4] = 2;
+        h
+    }
+
+    /// Decodes from an owned plaintext; data chunks are split off without
+    /// copying.
+    pub(super) fn decode_owned(mut body: bytes::BytesMut) -> Result<Self, DecodeError> {
+        if body.len() > IMGX_DATA_HEADER_LEN && body[4] == 2 {
+            let head = body.split_to(IMGX_DATA_HEADER_LEN);
+            let stream = StreamId(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            return Ok(Self::Data {
+                stream,
+                chunk: body.freeze(),
+            });
+        }
+        Self::decode(&body)
+    }
+
+    pub(super) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("IMGX", body);
+        let stream = StreamId(r.u32("stream")?);
+        let msg = match r.u8("op")? {
+            1 => {
+                let kind = match r.u8("kind")? {
+                    1 => MediaKind::Image,
+                    2 => MediaKind::Video,
+                    _ => return Err(r.invalid("kind", "must be 1 (image) or 2 (video)")),
+                };
+                let size = r.u64("size")?;
+                let name = r.vec_u16("name", 1, MAX_FILE_NAME_LEN)?;
+                let name = std::str::from_utf8(name)
+                    .map_err(|_| r.invalid("name", "not valid UTF-8"))?
+                    .to_owned();
+                let ct = r.vec_u16("content_type", 1, MAX_CONTENT_TYPE_LEN)?;
+                if !ct.iter().all(|b| b.is_ascii_graphic()) {
+                    return Err(r.invalid("content_type", "not printable ASCII"));
+                }
+                let content_type = String::from_utf8_lossy(ct).into_owned();
+                Self::Open(ImgxOpen {
+                    stream,
+                    kind,
+                    size,
+                    name,
+                    content_type,
+                })
+            }
+            2 => {
+                let chunk = r.rest();
+                if chunk.is_empty() {
+                    return Err(r.invalid("chunk", "empty"));
+                }
+                Self::Data {
+                    stream,
+                    chunk: bytes::Bytes::copy_from_slice(chunk),
+                }
+            }
+            3 => Self::Done {
+                stream,
+                signature: r.vec_u16("signature", 256, 512)?.to_vec(),
+            },
+            4 => {
+                let reason = r.vec_u16("reason", 0, MAX_ACK_DETAIL_LEN)?;
+                Self::Abort {
+                    stream,
+                    reason: String::from_utf8_lossy(reason).into_owned(),
+                }
+            }
+            _ => return Err(r.invalid("op", "must be 1 to 4")),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.stream().0.to_be_bytes());
+        match self {
+            Self::Open(o) => {
+                out.push(1);
+                out.push(o.kind.to_u8());
+                out.extend_from_slice(&o.size.to_be_bytes());
+                put_vec_u16(out, o.name.as_bytes());
+                put_vec_u16(out, o.content_type.as_bytes());
+            }
+            Self::Data { chunk, .. } => {
+                out.push(2);
+                out.extend_from_slice(chunk);
+            }
+            Self::Done { signature, .. } => {
+                out.push(3);
+                put_vec_u16(out, signature);
+            }
+            Self::Abort { reason, .. } => {
+                out.push(4);
+                put_vec_u16(
+                    out,
+                    &reason.as_bytes()[..reason.len().min(MAX_ACK_DETAIL_LEN)],
+                );
+            }
+        }
     }
 }

@@ -49,6 +49,10 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(self.array(field)?))
     }
 
+    pub(crate) fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
     /// A field with a u16 length prefix whose length must lie in `min..=max`.
     pub(crate) fn vec_u16(
         &mut self,

@@ -67,7 +67,10 @@ pub(crate) mod codec;
 mod handshake;
 
 pub use alert::AlertCode;
-pub use app::{Ack, AckStatus, MAX_ACK_DETAIL_LEN, MAX_TEXT_LEN, Secx, StreamId};
+pub use app::{
+    Ack, AckStatus, IMGX_DATA_HEADER_LEN, Imgx, ImgxOpen, MAX_ACK_DETAIL_LEN, MAX_CHUNK_LEN,
+    MAX_CONTENT_TYPE_LEN, MAX_FILE_NAME_LEN, MAX_TEXT_LEN, MediaKind, Secx, StreamId,
+};
 pub use handshake::{
     Extension, Fini, Helo, HeloRole, MAX_CERT_LEN, MAX_EXTENSIONS_LEN, PROTOCOL_VERSION, Prem,
     VERIFY_DATA_LEN,
@@ -125,6 +128,8 @@ pub enum Message {
     Secx(Secx),
     /// `ACK_`: acknowledgement of a stream.
     Ack(Ack),
+    /// `IMGX`: file stream.
+    Imgx(Imgx),
     /// A type this version does not know. Application types carry a stream
     /// id first, so the receiver can answer `ACK_ unsupported` for it.
     Unknown {
@@ -147,6 +152,7 @@ impl Message {
             Self::Endd => FrameKind::ENDD,
             Self::Secx(_) => FrameKind::SECX,
             Self::Ack(_) => FrameKind::ACK,
+            Self::Imgx(_) => FrameKind::IMGX,
             Self::Unknown { kind, .. } => *kind,
         }
     }
@@ -167,6 +173,7 @@ impl Message {
             }
             FrameKind::SECX => Self::Secx(Secx::decode(body)?),
             FrameKind::ACK => Self::Ack(Ack::decode(body)?),
+            FrameKind::IMGX => Self::Imgx(Imgx::decode(body)?),
             other => Self::Unknown {
                 kind: other,
                 stream: body
@@ -176,6 +183,18 @@ impl Message {
                     .map(StreamId),
             },
         })
+    }
+
+    /// Decodes an owned plaintext: as [`Message::decode`], but `IMGX` data
+    /// chunks are split off the buffer instead of copied.
+    ///
+    /// # Errors
+    /// As [`Message::decode`].
+    pub fn decode_owned(kind: FrameKind, body: bytes::BytesMut) -> Result<Self, DecodeError> {
+        if kind == FrameKind::IMGX {
+            return Imgx::decode_owned(body).map(Self::Imgx);
+        }
+        Self::decode(kind, &body)
     }
 
     /// Appends the encoded body to `out`.
@@ -188,6 +207,7 @@ impl Message {
             Self::Endd => {}
             Self::Secx(m) => m.encode(out),
             Self::Ack(m) => m.encode(out),
+            Self::Imgx(m) => m.encode(out),
             Self::Unknown { stream, .. } => {
                 if let Some(s) = stream {
                     out.extend_from_slice(&s.0.to_be_bytes());
@@ -229,7 +249,7 @@ mod tests {
         // A trailing byte is refused, except where the last field runs to the end.
         let mut long = body.clone();
         long.push(0);
-        if !matches!(m, Message::Secx(_)) {
+        if !matches!(m, Message::Secx(_) | Message::Imgx(Imgx::Data { .. })) {
             assert!(
                 Message::decode(m.kind(), &long).is_err(),
                 "{m:?} accepted trailing byte"
@@ -263,6 +283,32 @@ mod tests {
             stream: StreamId(1),
             text: "héllo".into(),
         }));
+        for imgx in [
+            Imgx::Open(ImgxOpen {
+                stream: StreamId(5),
+                kind: MediaKind::Video,
+                size: 1 << 40,
+                name: "clip é.mp4".into(),
+                content_type: "video/mp4".into(),
+            }),
+            Imgx::Data {
+                stream: StreamId(5),
+                chunk: bytes::Bytes::from_static(b"\x00\x01\x02"),
+            },
+            Imgx::Done {
+                stream: StreamId(5),
+                signature: vec![7; 256],
+            },
+            Imgx::Abort {
+                stream: StreamId(5),
+                reason: "file changed while reading".into(),
+            },
+        ] {
+            let body = Message::Imgx(imgx.clone()).to_body();
+            let owned = Message::decode_owned(FrameKind::IMGX, bytes::BytesMut::from(&body[..]));
+            assert_eq!(owned.unwrap(), Message::Imgx(imgx.clone()));
+            round_trip(Message::Imgx(imgx));
+        }
         round_trip(Message::Ack(Ack {
             stream: StreamId(3),
             status: AckStatus::Ok,

@@ -1,5 +1,6 @@
-//! The handshake transcript: a running SHA-256 over the exact bytes of each
-//! handshake frame, header included (proto-spec.md §5.5).
+//! SHA-256: the handshake transcript, a running hash over the exact bytes
+//! of each handshake frame, header included (proto-spec.md §5.5), and the
+//! content hash of streamed files (§8.3).
 
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,29 @@ impl Transcript {
     #[must_use]
     pub fn hash(&self) -> [u8; HASH_LEN] {
         self.0.clone().finalize().into()
+    }
+}
+
+/// A running SHA-256 over content that arrives in pieces.
+#[derive(Clone, Default)]
+pub struct ContentHasher(Sha256);
+
+impl ContentHasher {
+    /// An empty hash.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Sha256::new())
+    }
+
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest of everything added.
+    #[must_use]
+    pub fn finish(self) -> [u8; HASH_LEN] {
+        self.0.finalize().into()
     }
 }
 
