@@ -260,26 +260,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
         // The server answers OPEN before any data: a refusal costs no upload.
         self.await_ack(stream, self.settings.reply_timeout).await?;
 
+        let changed = |got| ClientError::FileChanged {
+            path: file.path.clone(),
+            expected: file.size,
+            got,
+        };
+        let mut sent = 0u64;
         while let Some(chunk) = chunks.recv().await {
+            let len = (chunk.len() - IMGX_DATA_HEADER_LEN) as u64;
+            if sent + len > file.size {
+                // The file grew: never send more than was declared.
+                drop(chunks);
+                let _ = reader.await;
+                return Err(self.abort_stream(stream, changed(sent + len)).await);
+            }
             self.session.feed_raw(FrameKind::IMGX, &chunk).await?;
-            progress((chunk.len() - IMGX_DATA_HEADER_LEN) as u64);
+            sent += len;
+            progress(len);
         }
         let read = match reader.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(self.abort_stream(stream, read_error(e)).await),
             Err(e) => {
-                return Err(self
-                    .abort_stream(stream, read_error(std::io::Error::other(e)))
-                    .await);
+                let e = read_error(std::io::Error::other(e));
+                return Err(self.abort_stream(stream, e).await);
             }
         };
         if read.size != file.size {
-            let err = ClientError::FileChanged {
-                path: file.path.clone(),
-                expected: file.size,
-                got: read.size,
-            };
-            return Err(self.abort_stream(stream, err).await);
+            return Err(self.abort_stream(stream, changed(read.size)).await);
         }
         let digest = file_digest(
             file.kind,

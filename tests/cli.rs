@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -394,21 +394,108 @@ fn nothing_listening_is_one_sentence() {
 #[test]
 fn demo_runs_end_to_end() {
     let out = Command::new(BIN)
-        .args(["demo", "--log-level", "warn"])
+        .args(["demo", "--log-level", "warn", "--video-size", "3MiB"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     for step in [
-        "[1/4] PKI",
-        "[2/4] server listening on 127.0.0.1:",
-        "[3/4] handshake",
-        "[4/4] sent",
+        "[1/5] PKI",
+        "[2/5] server listening on 127.0.0.1:",
+        "[3/5] handshake",
+        "[4/5] sent",
+        "[5/5] sending",
+        "sunrise.png: ",
+        "holiday.mp4: 3145728 bytes, video/mp4",
         "ENDD",
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
+    assert_eq!(stdout.matches("its SHA-256 matches").count(), 2, "{stdout}");
 }
 
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}
+#[test]
+fn send_file_reports_and_stores_through_the_binaries() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    let png = dir.path().join("shot.png");
+    let mut content = b"\x89PNG\r\n\x1a\n".to_vec();
+    content.extend((0..100_000u32).map(|i| (i % 251) as u8));
+    std::fs::write(&png, &content).unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "shot.png",
+            "shot.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0]["content_type"], "image/png");
+    assert_eq!(files[0]["kind"], "image");
+    assert_eq!(files[0]["verified"], true);
+    assert_eq!(files[0]["stored_as"], "shot.png");
+    assert_eq!(files[1]["stored_as"], "shot (1).png");
+    assert_eq!(files[0]["sha256"], files[0]["server_sha256"]);
+    let stored = std::fs::read(dir.path().join("data/device-1/shot.png")).unwrap();
+    assert_eq!(stored, content);
+    let line = server.wait_for(&["file stored", "shot (1).png"]);
+    assert!(line.contains("\"device\":\"device-1\""), "{line}");
+    assert!(line.contains("\"size\":100008"), "{line}");
+}
+
+#[test]
+fn send_file_refuses_bad_input_before_connecting() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("notes.txt"), "not media").unwrap();
+    let out = secured(dir.path(), &["device", "send-file", "notes.txt"]);
+    assert_one_sentence_error(&out, &["notes.txt", "--kind"]);
+    let out = secured(dir.path(), &["device", "send-file", "missing.png"]);
+    assert_one_sentence_error(&out, &["missing.png"]);
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--name", "x.png", "a.png", "b.png"],
+    );
+    assert_one_sentence_error(&out, &["--name"]);
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--kind",
+            "image",
+            "--name",
+            "up/../x.png",
+            "notes.txt",
+        ],
+    );
+    assert_one_sentence_error(&out, &["up/../x.png", "separator"]);
+}
+
+#[test]
+fn send_file_with_a_key_that_does_not_match_stores_nothing() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    std::fs::write(dir.path().join("a.png"), b"\x89PNG\r\n\x1a\nxxxx").unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--key",
+            "keys/server.key",
+            "a.png",
+        ],
+    );
+    assert_one_sentence_error(&out, &["keys/server.key", "does not match"]);
+    assert!(!dir.path().join("data/device-1/a.png").exists());
+}

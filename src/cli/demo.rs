@@ -1,8 +1,11 @@
 //! `secured demo`: a throwaway PKI, a server on loopback, a device that
 //! authenticates, sends text and closes; every step printed.
 
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
+use bytesize::ByteSize;
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -10,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::device::load_device_config;
 use super::serve::load_server_config;
-use crate::client::{ClientSettings, DeviceClient};
+use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::crypto::default_provider;
+use crate::media::detect_file;
+use crate::message::MediaKind;
 use crate::pki::{self, InitOptions, PkiPaths, ServerName};
 use crate::server::{self, ServerSettings};
 
@@ -20,6 +25,9 @@ pub(super) struct DemoArgs {
     /// The text the device sends.
     #[arg(long, default_value = "hello from device-1")]
     text: String,
+    /// Size of the generated video file, e.g. 300MiB or 2GiB.
+    #[arg(long, value_name = "SIZE", default_value = "300MiB")]
+    video_size: ByteSize,
     /// Keep the temporary folder (PKI and data) instead of deleting it.
     #[arg(long)]
     keep: bool,
@@ -27,6 +35,75 @@ pub(super) struct DemoArgs {
 
 fn other(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::Other(format!("{what}: {e}"))
+}
+
+/// Writes a gradient PNG and a video-sized MP4-framed file of random bytes.
+fn generate_media(dir: &Path, video_size: u64) -> std::io::Result<Vec<OutgoingFile>> {
+    std::fs::create_dir_all(dir)?;
+    let image_path = dir.join("sunrise.png");
+    {
+        let (w, h) = (640u32, 400u32);
+        let file = std::io::BufWriter::new(std::fs::File::create(&image_path)?);
+        let mut encoder = png::Encoder::new(file, w, h);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(std::io::Error::other)?;
+        let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                pixels.extend_from_slice(&[
+                    (255 * x / w) as u8,
+                    (120 + 100 * y / h) as u8,
+                    (255 - 255 * y / h) as u8,
+                ]);
+            }
+        }
+        writer
+            .write_image_data(&pixels)
+            .map_err(std::io::Error::other)?;
+    }
+
+    // An 'ftyp' box, then one 'mdat' box (64-bit size) of random bytes:
+    // the framing of an MP4 file, at the requested size.
+    let video_path = dir.join("holiday.mp4");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&video_path)?);
+        let ftyp: &[u8] = b"\0\0\0\x18ftypisom\0\0\x02\0isommp41";
+        let header = 16u64;
+        let payload = video_size.saturating_sub(ftyp.len() as u64 + header);
+        file.write_all(ftyp)?;
+        file.write_all(&1u32.to_be_bytes())?;
+        file.write_all(b"mdat")?;
+        file.write_all(&(payload + header).to_be_bytes())?;
+        let mut block = vec![0u8; 1 << 20];
+        let mut left = payload;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            getrandom::fill(&mut block[..n]).map_err(std::io::Error::other)?;
+            file.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        file.flush()?;
+    }
+
+    let mut files = Vec::new();
+    for (path, kind) in [
+        (image_path, MediaKind::Image),
+        (video_path, MediaKind::Video),
+    ] {
+        let detected = detect_file(&path)?;
+        files.push(OutgoingFile {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size: std::fs::metadata(&path)?.len(),
+            kind,
+            content_type: detected.content_type,
+            path,
+        });
+    }
+    Ok(files)
 }
 
 pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
@@ -46,7 +123,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     .await
     .map_err(|e| CliError::Other(format!("key generation stopped: {e}")))??;
     println!(
-        "[1/4] PKI: {} files (CA RSA-3072, server and device-1 RSA-2048) in {} ms",
+        "[1/5] PKI: {} files (CA RSA-3072, server and device-1 RSA-2048) in {} ms",
         written.len(),
         started.elapsed().as_millis()
     );
@@ -77,7 +154,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         settings,
         shutdown.clone(),
     ));
-    println!("[2/4] server listening on {addr}");
+    println!("[2/5] server listening on {addr}");
 
     // 3. The device: mutual authentication.
     let device_config = load_device_config(
@@ -90,7 +167,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let mut client =
         DeviceClient::connect(&addr.to_string(), device_config, ClientSettings::default()).await?;
     println!(
-        "[3/4] handshake: device-1 and server {:?} authenticated each other in {} ms \
+        "[3/5] handshake: device-1 and server {:?} authenticated each other in {} ms \
          (RSA-OAEP pre-master, RSA-PSS proof, HKDF-SHA256 keys, Finished both ways)",
         client.server().name(),
         started.elapsed().as_millis()
@@ -99,17 +176,37 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     // 4. Text over the record layer, then a clean close.
     let ack = client.send_text(&args.text).await?;
     println!(
-        "[4/4] sent {:?} in a SECX record (AES-256-CBC + HMAC-SHA256); server answered ACK_ {}",
+        "[4/5] sent {:?} in a SECX record (AES-256-CBC + HMAC-SHA256); server answered ACK_ {}",
         args.text, ack.status
     );
+
+    // 5. An image and a video-sized file as signed IMGX streams.
+    let media = dir.path().join("media");
+    let video_size = args.video_size.as_u64();
+    let gen_dir = media.clone();
+    let files = tokio::task::spawn_blocking(move || generate_media(&gen_dir, video_size))
+        .await
+        .map_err(|e| CliError::Other(format!("generating the demo files stopped: {e}")))?
+        .map_err(other("cannot generate the demo files"))?;
+    println!(
+        "[5/5] sending a generated image and a {} video file, signed with RSA-PSS, in 64 KiB records:",
+        args.video_size.display().iec()
+    );
+    let reports = super::files::send_over(&mut client, &files, false).await?;
     client.close().await?;
     println!("      session closed with ENDD in both directions");
 
     shutdown.cancel();
     let _ = server.await;
+    super::files::check_reports(&reports)?;
     if args.keep {
         let kept = dir.keep();
-        println!("kept {}", kept.display());
+        println!("kept {} (received files in data/device-1/)", kept.display());
+    } else {
+        println!(
+            "removed {} (pass --keep to look at it)",
+            dir.path().display()
+        );
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::handshake::DeviceConfig;
 
 /// One line of the report.
 #[derive(Debug, Serialize)]
-struct FileReport {
+pub(super) struct FileReport {
     file: String,
     name: String,
     size: u64,
@@ -113,16 +113,17 @@ fn print_text(r: &FileReport) {
     }
 }
 
-/// Sends `files` over one session and reports on each.
-pub(super) async fn send_files(
-    addr: &str,
-    config: DeviceConfig,
+/// Sends `files` over an established session, printing a text report for
+/// each unless `json`; refused or unreadable files are reported and
+/// skipped. Returns the reports.
+pub(super) async fn send_over<S>(
+    client: &mut DeviceClient<S>,
     files: &[OutgoingFile],
     json: bool,
-) -> Result<(), CliError> {
-    let device = config.identity.name().to_owned();
-    let mut client = DeviceClient::connect(addr, config, ClientSettings::default()).await?;
-    let server = client.server().name().to_owned();
+) -> Result<Vec<FileReport>, CliError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let animate = std::io::stdout().is_terminal() && !json;
     let mut reports = Vec::with_capacity(files.len());
     for file in files {
@@ -146,6 +147,32 @@ pub(super) async fn send_files(
         }
         reports.push(report);
     }
+    Ok(reports)
+}
+
+/// The error for reports with files that were not stored as sent.
+pub(super) fn check_reports(reports: &[FileReport]) -> Result<(), CliError> {
+    let failed = reports.iter().filter(|r| !r.verified).count();
+    if failed > 0 {
+        return Err(CliError::Other(format!(
+            "{failed} of {} files were not stored as sent (see the report above)",
+            reports.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Sends `files` over one session and reports on each.
+pub(super) async fn send_files(
+    addr: &str,
+    config: DeviceConfig,
+    files: &[OutgoingFile],
+    json: bool,
+) -> Result<(), CliError> {
+    let device = config.identity.name().to_owned();
+    let mut client = DeviceClient::connect(addr, config, ClientSettings::default()).await?;
+    let server = client.server().name().to_owned();
+    let reports = send_over(&mut client, files, json).await?;
     client.close().await?;
     if json {
         let doc = Report {
@@ -160,12 +187,5 @@ pub(super) async fn send_files(
                 .map_err(|e| CliError::Other(format!("cannot format the report: {e}")))?
         );
     }
-    let failed = reports.iter().filter(|r| !r.verified).count();
-    if failed > 0 {
-        return Err(CliError::Other(format!(
-            "{failed} of {} files were not stored as sent (see the report above)",
-            reports.len()
-        )));
-    }
-    Ok(())
+    check_reports(&reports)
 }
