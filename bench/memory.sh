@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Peak memory of `secured serve` and `secured device send-file` while one
+# file streams over loopback, for several file sizes: memory must stay flat.
+#
+#   bench/memory.sh                 # 64MiB 1GiB 4GiB
+#   SIZES="1GiB" bench/memory.sh
+#
+# Peak RSS is the kernel's high-water mark: VmHWM of the live server process
+# (read from /proc before it is stopped) and GNU time's maximum resident set
+# size of the device process. Everything stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/bin/time ]; then
+  apt-get install -y -qq time >/dev/null
+fi
+cargo build --release --quiet
+bin=$PWD/target/release/secured
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" pki init --certs-dir "$work/certs" --keys-dir "$work/keys" --ca-bits 2048 >/dev/null
+to_bytes() { numfmt --from=iec-i "${1%B}"; }
+
+printf '%-8s %14s %14s %9s %9s\n' size "device peak" "server peak" seconds "MB/s"
+for size in ${SIZES:-64MiB 1GiB 4GiB}; do
+  bytes=$(to_bytes "$size")
+  src="$work/clip-$size.mp4"
+  # A sparse file: no disk reads on the device side, and page cache is not RSS anyway.
+  truncate -s "$bytes" "$src"
+  data="$work/data-$size"
+  log="$work/server-$size.log"
+  "$bin" serve --listen 127.0.0.1:0 --cert "$work/certs/server.pem" --key "$work/keys/server.key" \
+    --ca "$work/certs/ca.pem" --data-dir "$data" --log-format json 2>"$log" &
+  server_pid=$!
+  addr=
+  for _ in $(seq 1 100); do
+    addr=$(grep -o '"addr":"[^"]*"' "$log" | head -1 | cut -d'"' -f4) || true
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "server did not start" >&2; cat "$log" >&2; exit 1; }
+
+  start=$(date +%s.%N)
+  /usr/bin/time -f '%M' -o "$work/device-rss" "$bin" device send-file --server "$addr" \
+    --server-name localhost --cert "$work/certs/device-1.pem" --key "$work/keys/device-1.key" \
+    --ca "$work/certs/ca.pem" --kind video --json "$src" >"$work/report.json"
+  end=$(date +%s.%N)
+  grep -q '"verified": true' "$work/report.json" || { echo "transfer not verified" >&2; exit 1; }
+
+  server_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+  device_kib=$(tail -1 "$work/device-rss")
+  secs=$(echo "$end - $start" | bc -l)
+  printf '%-8s %10.1f MiB %10.1f MiB %9.2f %9.0f\n' "$size" \
+    "$(echo "$device_kib/1024" | bc -l)" "$(echo "$server_kib/1024" | bc -l)" "$secs" \
+    "$(echo "$bytes/1000000/$secs" | bc -l)"
+  rm -rf "$src" "$data"
+done
