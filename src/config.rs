@@ -3,6 +3,8 @@
 //! Relative paths in the file are taken relative to the file's folder.
 //!
 //! ```toml
+//! crypto = "aws-lc"        # RSA backend: "aws-lc" (default) or "rustcrypto"
+//!
 //! [log]
 //! format = "json"          # or "text"
 //! level = "info"
@@ -129,6 +131,8 @@ pub struct PkiSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// RSA backend: `aws-lc` or `rustcrypto`.
+    pub crypto: Option<String>,
     /// `[log]`
     #[serde(default)]
     pub log: LogSection,
@@ -211,6 +215,22 @@ mod tests {
         let err = FileConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("bad.toml, line 3"), "{err}");
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("README.md has a toml block");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secured.toml");
+        std::fs::write(&path, block).unwrap();
+        let cfg = FileConfig::load(&path).unwrap();
+        assert_eq!(cfg.crypto.as_deref(), Some("aws-lc"));
+        assert!(cfg.server.max_file_size.is_some());
     }
 
     #[test]

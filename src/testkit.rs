@@ -25,14 +25,23 @@ pub struct TestLeaf {
 }
 
 impl TestLeaf {
-    /// The leaf as an [`Identity`].
+    /// The leaf as an [`Identity`] with the default provider.
     ///
     /// # Panics
     /// If the pair does not load: a bug in the test kit.
     #[must_use]
     pub fn identity(&self) -> Arc<Identity> {
+        self.identity_with(default_provider())
+    }
+
+    /// The leaf as an [`Identity`] whose key lives in `provider`.
+    ///
+    /// # Panics
+    /// If the pair does not load: a bug in the test kit.
+    #[must_use]
+    pub fn identity_with(&self, provider: &'static CryptoProvider) -> Arc<Identity> {
         Arc::new(
-            Identity::from_der(self.cert_der.clone(), &self.key_der, default_provider())
+            Identity::from_der(self.cert_der.clone(), &self.key_der, provider)
                 .expect("test identity loads"),
         )
     }
@@ -132,10 +141,18 @@ impl TestPki {
     /// Server configuration with the test server identity.
     #[must_use]
     pub fn server_config(&self) -> ServerConfig {
+        self.server_config_with(self.provider())
+    }
+
+    /// Server configuration whose RSA operations use `provider`.
+    #[must_use]
+    pub fn server_config_with(&self, provider: &'static CryptoProvider) -> ServerConfig {
         ServerConfig {
-            identity: self.server.identity(),
-            anchor: self.anchor(),
-            provider: self.provider(),
+            identity: self.server.identity_with(provider),
+            anchor: Arc::new(
+                TrustAnchor::from_der(self.ca.cert_der(), provider).expect("test anchor loads"),
+            ),
+            provider,
         }
     }
 
@@ -145,7 +162,20 @@ impl TestPki {
         self.device_config_as(self.device.identity())
     }
 
-    /// Device configuration with another identity.
+    /// Device configuration for `device-1` whose RSA operations use `provider`.
+    #[must_use]
+    pub fn device_config_with(&self, provider: &'static CryptoProvider) -> DeviceConfig {
+        DeviceConfig {
+            identity: self.device.identity_with(provider),
+            anchor: Arc::new(
+                TrustAnchor::from_der(self.ca.cert_der(), provider).expect("test anchor loads"),
+            ),
+            server_name: ServerName::Dns("localhost".into()),
+            provider,
+        }
+    }
+
+    /// Device configuration with another identity (its provider included).
     #[must_use]
     pub fn device_config_as(&self, identity: Arc<Identity>) -> DeviceConfig {
         DeviceConfig {

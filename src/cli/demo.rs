@@ -14,7 +14,6 @@ use super::CliError;
 use super::device::load_device_config;
 use super::serve::load_server_config;
 use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
-use crate::crypto::default_provider;
 use crate::media::detect_file;
 use crate::message::MediaKind;
 use crate::pki::{self, InitOptions, PkiPaths, ServerName};
@@ -118,7 +117,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let paths = PkiPaths::under(dir.path());
     let init_paths = paths.clone();
     let written = tokio::task::spawn_blocking(move || {
-        pki::init(&init_paths, &InitOptions::default(), default_provider())
+        pki::init(&init_paths, &InitOptions::default(), super::provider())
     })
     .await
     .map_err(|e| CliError::Other(format!("key generation stopped: {e}")))??;
@@ -168,9 +167,10 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         DeviceClient::connect(&addr.to_string(), device_config, ClientSettings::default()).await?;
     println!(
         "[3/5] handshake: device-1 and server {:?} authenticated each other in {} ms \
-         (RSA-OAEP pre-master, RSA-PSS proof, HKDF-SHA256 keys, Finished both ways)",
+         (RSA-OAEP pre-master, RSA-PSS proof, HKDF-SHA256 keys, Finished both ways; {} RSA)",
         client.server().name(),
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        super::provider().name
     );
 
     // 4. Text over the record layer, then a clean close.

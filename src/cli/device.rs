@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 use super::CliError;
 use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::config::{DEFAULT_LISTEN, FileConfig};
-use crate::crypto::default_provider;
 use crate::handshake::DeviceConfig;
 use crate::media::detect_file;
 use crate::message::MediaKind;
@@ -218,7 +217,7 @@ pub(super) fn load_device_config(
         identity: Arc::new(identity),
         anchor: Arc::new(anchor),
         server_name,
-        provider: default_provider(),
+        provider: super::provider(),
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence).
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Crypto backend for RSA: `aws-lc` (default when built in) or `rustcrypto`.
+    #[arg(long, global = true, value_name = "BACKEND")]
+    crypto: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,7 +95,7 @@ fn load_own_identity(
     ca: &std::path::Path,
     role: crate::pki::Role,
 ) -> Result<(crate::pki::Identity, crate::pki::TrustAnchor), CliError> {
-    let provider = crate::crypto::default_provider();
+    let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
     let identity = crate::pki::Identity::load(cert, key, provider)?;
     crate::pki::verify_peer(
@@ -147,11 +150,34 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The crypto backend chosen for this run.
+static PROVIDER: std::sync::OnceLock<&'static crate::crypto::CryptoProvider> =
+    std::sync::OnceLock::new();
+
+/// The crypto backend of this run (`--crypto`, the config file's `crypto`,
+/// or the build's default).
+fn provider() -> &'static crate::crypto::CryptoProvider {
+    PROVIDER
+        .get()
+        .copied()
+        .unwrap_or_else(crate::crypto::default_provider)
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
     let file = match &cli.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    if let Some(name) = cli.crypto.as_deref().or(file.crypto.as_deref()) {
+        let chosen = crate::crypto::provider_by_name(name).ok_or_else(|| {
+            let known: Vec<&str> = crate::crypto::providers().iter().map(|p| p.name).collect();
+            CliError::Usage(format!(
+                "unknown crypto backend {name:?}; this build has {}",
+                known.join(" and ")
+            ))
+        })?;
+        let _ = PROVIDER.set(chosen);
+    }
     let default_level = match cli.command {
         Command::Serve(_) | Command::Demo(_) => "info",
         _ => "warn",

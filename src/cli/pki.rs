@@ -4,7 +4,6 @@ use clap::{Subcommand, ValueEnum};
 
 use super::{CliError, PkiDirs};
 use crate::config::FileConfig;
-use crate::crypto::default_provider;
 use crate::pki::{self, InitOptions, IssueOptions, Role, ServerName};
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +67,7 @@ pub(super) enum IssueRole {
 }
 
 pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
-    let provider = default_provider();
+    let provider = super::provider();
     let written = match cmd {
         PkiCommand::Init {
             dirs,

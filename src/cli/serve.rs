@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use crate::config::{DEFAULT_LISTEN, FileConfig};
-use crate::crypto::default_provider;
 use crate::handshake::ServerConfig;
 use crate::pki::Role;
 use crate::server::{self, ServerSettings};
@@ -58,7 +57,7 @@ pub(super) fn load_server_config(
     Ok(ServerConfig {
         identity: Arc::new(identity),
         anchor: Arc::new(anchor),
-        provider: default_provider(),
+        provider: super::provider(),
     })
 }
 

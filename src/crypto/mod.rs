@@ -15,6 +15,8 @@
 //!
 //! Secrets live in types that zeroize on drop and whose `Debug` prints nothing.
 
+#[cfg(feature = "aws-lc")]
+mod awslc;
 pub mod cipher;
 pub mod hash;
 pub mod kdf;
@@ -28,6 +30,8 @@ use std::sync::Arc;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+#[cfg(feature = "aws-lc")]
+pub use awslc::AWS_LC;
 pub use rustcrypto::RUSTCRYPTO;
 
 /// Length of the pre-master secret in bytes (proto-spec.md §5.3).
@@ -57,10 +61,35 @@ impl fmt::Debug for CryptoProvider {
     }
 }
 
-/// The provider used when none is chosen explicitly.
+/// The provider used when none is chosen explicitly: aws-lc when it is
+/// compiled in (the `aws-lc` feature, on by default), RustCrypto otherwise.
 #[must_use]
 pub fn default_provider() -> &'static CryptoProvider {
-    &RUSTCRYPTO
+    #[cfg(feature = "aws-lc")]
+    {
+        &AWS_LC
+    }
+    #[cfg(not(feature = "aws-lc"))]
+    {
+        &RUSTCRYPTO
+    }
+}
+
+/// Every provider compiled into this build.
+#[must_use]
+pub fn providers() -> &'static [&'static CryptoProvider] {
+    static PROVIDERS: &[&CryptoProvider] = &[
+        &RUSTCRYPTO,
+        #[cfg(feature = "aws-lc")]
+        &AWS_LC,
+    ];
+    PROVIDERS
+}
+
+/// The provider called `name` (`rustcrypto` or `aws-lc`), if compiled in.
+#[must_use]
+pub fn provider_by_name(name: &str) -> Option<&'static CryptoProvider> {
+    providers().iter().copied().find(|p| p.name == name)
 }
 
 /// Errors from cryptographic operations. They name the operation and nothing
@@ -267,6 +296,76 @@ mod tests {
             dest.fill(self.0);
             Ok(())
         }
+    }
+
+    /// Every pair of backends interoperates: OAEP both ways, PSS both ways,
+    /// over messages and digests, with implicit rejection on bad input.
+    #[test]
+    fn backends_interoperate() {
+        let pki = crate::testkit::pki();
+        for a in providers() {
+            for b in providers() {
+                let key_a = a.rsa.load_private_key(&pki.device.key_der).unwrap();
+                let pub_b = b.rsa.load_public_key(key_a.public_key_spki_der()).unwrap();
+                assert_eq!(pub_b.bits(), 2048);
+
+                let ct = pub_b.oaep_encrypt(&[9u8; 32]).unwrap();
+                assert_eq!(key_a.oaep_decrypt(&ct).unwrap().as_slice(), &[9u8; 32]);
+                let fallback = PreMaster::from_bytes([1; 32]);
+                let pm = unwrap_premaster(key_a.as_ref(), &ct, fallback.clone());
+                assert_eq!(pm.as_bytes(), &[9u8; 32], "{} -> {}", b.name, a.name);
+                let mut bad = ct.clone();
+                bad[10] ^= 1;
+                assert!(key_a.oaep_decrypt(&bad).is_none());
+                let pm = unwrap_premaster(key_a.as_ref(), &bad, fallback.clone());
+                assert_eq!(pm.as_bytes(), fallback.as_bytes());
+                let short = pub_b.oaep_encrypt(&[9u8; 31]).unwrap();
+                let pm = unwrap_premaster(key_a.as_ref(), &short, fallback.clone());
+                assert_eq!(
+                    pm.as_bytes(),
+                    fallback.as_bytes(),
+                    "wrong length is rejected"
+                );
+
+                let sig = key_a.pss_sign(b"message").unwrap();
+                pub_b.pss_verify(b"message", &sig).unwrap();
+                assert!(pub_b.pss_verify(b"massage", &sig).is_err());
+                let digest = [7u8; 32];
+                let sig = key_a.pss_sign_digest(&digest).unwrap();
+                pub_b.pss_verify_digest(&digest, &sig).unwrap();
+                assert!(pub_b.pss_verify_digest(&[8u8; 32], &sig).is_err());
+                // A digest signature is the signature of the message with that SHA-256.
+                let msg_digest = hash::sha256(&[b"message"]);
+                let sig = key_a.pss_sign_digest(&msg_digest).unwrap();
+                pub_b.pss_verify(b"message", &sig).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn keys_from_one_backend_load_in_the_other() {
+        for gen_with in providers() {
+            let der = gen_with.rsa.generate_pkcs8(2048).unwrap();
+            for load_with in providers() {
+                let key = load_with.rsa.load_private_key(&der).unwrap();
+                assert!(!key.public_key_spki_der().is_empty());
+            }
+        }
+        assert!(RUSTCRYPTO.rsa.generate_pkcs8(1024).is_err());
+    }
+
+    #[test]
+    fn providers_are_found_by_name() {
+        assert_eq!(
+            provider_by_name("rustcrypto").map(|p| p.name),
+            Some("rustcrypto")
+        );
+        assert!(provider_by_name("nope").is_none());
+        assert!(
+            providers()
+                .iter()
+                .any(|p| p.name == default_provider().name)
+        );
     }
 
     #[test]

@@ -344,3 +344,73 @@ fn helo_with_garbage_is_a_decode_error() {
         .handle(Frame::new(FrameKind::HELO, [1u8, 1, 0]), SystemTime::now());
     assert!(matches!(r, Err(HandshakeError::Decode(_))));
 }
+
+#[test]
+fn every_pair_of_backends_completes_the_handshake() {
+    let p = pki();
+    for d in crate::crypto::providers() {
+        for s in crate::crypto::providers() {
+            let (mut dev, mut srv) =
+                run(p.device_config_with(d), p.server_config_with(s), |_, _| {})
+                    .unwrap_or_else(|e| panic!("device {} / server {}: {e:?}", d.name, s.name));
+            let rec = dev.writer.seal_frame(FrameKind::SECX, b"across").unwrap();
+            assert_eq!(&srv.reader.open(rec).unwrap()[..], b"across");
+            // And every backend refuses a device proof made with the wrong key.
+            let r = run(p.device_config_with(d), p.server_config_with(s), |at, f| {
+                if at == Step::Prem {
+                    let Ok(Message::Prem(mut prem)) = Message::decode(FrameKind::PREM, &f.body)
+                    else {
+                        panic!("PREM decodes");
+                    };
+                    prem.device_signature =
+                        p.device2.identity_with(d).key().pss_sign(b"x").unwrap();
+                    *f = Message::Prem(prem).to_plain_frame();
+                }
+            });
+            assert!(matches!(
+                r,
+                Err(Failure::Server(HandshakeError::BadDeviceProof))
+            ));
+        }
+    }
+}
+
+#[test]
+fn every_backend_rejects_an_undecryptable_pre_master_implicitly() {
+    let p = pki();
+    for s in crate::crypto::providers() {
+        let now = SystemTime::now();
+        let (_d, helo) = DeviceStart::new(p.device_config()).start().unwrap();
+        let (state, server_helo) = ExpectDeviceHelo::new(p.server_config_with(s))
+            .handle(helo.clone(), now)
+            .unwrap();
+        let mut t = crate::crypto::hash::Transcript::new();
+        t.add(&helo.to_wire());
+        t.add(&server_helo.to_wire());
+        let ct = vec![0x42u8; 256];
+        let device = p.device.identity();
+        let sig = device
+            .key()
+            .pss_sign(&device_proof_input(&t.hash(), &ct))
+            .unwrap();
+        let prem = Message::Prem(Prem {
+            encrypted_pre_master: ct,
+            device_signature: sig,
+        })
+        .to_plain_frame();
+        let state = state
+            .handle(prem)
+            .unwrap_or_else(|e| panic!("{}: no implicit rejection: {e:?}", s.name));
+        let bogus = crate::record::RecordWriter::new(&crate::crypto::kdf::DirectionKeys {
+            enc: [0; 32],
+            mac: [0; 32],
+            iv: [0; 32],
+        })
+        .seal_frame(FrameKind::FINI, &[0u8; 32])
+        .unwrap();
+        assert!(matches!(
+            state.handle(bogus),
+            Err(HandshakeError::FinishedFailed)
+        ));
+    }
+}

@@ -1,0 +1,462 @@
+// Included once per crypto backend by tests/session.rs; `PROVIDER` names it.
+
+fn provider() -> &'static secured::crypto::CryptoProvider {
+    secured::crypto::provider_by_name(PROVIDER).expect("backend compiled in")
+}
+
+fn device_config() -> secured::handshake::DeviceConfig {
+    secured::testkit::pki().device_config_with(provider())
+}
+
+#[allow(dead_code)]
+fn device_config_as_leaf(
+    identity: std::sync::Arc<secured::pki::Identity>,
+) -> secured::handshake::DeviceConfig {
+    let mut c = device_config();
+    c.identity = identity;
+    c
+}
+
+fn server_config() -> secured::handshake::ServerConfig {
+    secured::testkit::pki().server_config_with(provider())
+}
+
+async fn start_server_here() -> crate::common::TestServer {
+    crate::common::start_server_with(server_config(), |_| {}).await
+}
+
+
+use std::time::Duration;
+
+use crate::common::{Logs, Tamper, start_proxy, start_server_with};
+use futures_util::{SinkExt, StreamExt};
+use secured::client::{ClientError, ClientSettings, DeviceClient};
+use secured::frame::{Frame, FrameCodec, FrameKind};
+use secured::handshake::{DeviceConfig, HandshakeError};
+use secured::message::{AlertCode, Message};
+use secured::pki::{CertError, Role, ServerName};
+use secured::session::{Session, SessionError};
+use secured::testkit::{TestPki, pki};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    config: DeviceConfig,
+) -> Result<DeviceClient<TcpStream>, ClientError> {
+    DeviceClient::connect(&addr.to_string(), config, ClientSettings::default()).await
+}
+
+fn peer_alert(e: &ClientError) -> Option<AlertCode> {
+    match e {
+        ClientError::Session(SessionError::PeerAlert(code))
+        | ClientError::Session(SessionError::Handshake(HandshakeError::PeerAlert(code))) => {
+            Some(*code)
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn texts_are_acknowledged_and_logged_with_their_sender() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    let mut device = connect(server.addr, device_config()).await.unwrap();
+    assert_eq!(device.server().name(), "localhost");
+    let first = device.send_text("hello, secured").await.unwrap();
+    let second = device.send_text("second message ünïcödé").await.unwrap();
+    assert_eq!((first.stream.0, second.stream.0), (1, 3));
+    device.close().await.unwrap();
+    assert!(logs.wait_for("session closed").await);
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("text received") && l.contains("hello, secured"))
+        .expect("the server logs the text");
+    assert!(line.contains("\"device\":\"device-1\""), "{line}");
+    assert!(text.contains("second message ünïcödé"));
+    assert!(!text.contains("truncated"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn several_devices_at_once() {
+    let server = start_server_here().await;
+    let p = pki();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let config = if i % 2 == 0 {
+            device_config()
+        } else {
+            device_config_as_leaf(p.device2.identity_with(provider()))
+        };
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut d = connect(addr, config).await.unwrap();
+            d.send_text(&format!("device task {i}")).await.unwrap();
+            d.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn device_certificate_from_another_ca_is_refused() {
+    let server = start_server_here().await;
+    let p = pki();
+    let err = connect(server.addr, device_config_as_leaf(p.other_device.identity_with(provider())))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(peer_alert(&err), Some(AlertCode::UnknownCa), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn expired_and_future_device_certificates_are_refused() {
+    let server = start_server_here().await;
+    let p = pki();
+    for (validity, alert) in [
+        (TestPki::expired(), AlertCode::CertificateExpired),
+        (TestPki::not_yet_valid(), AlertCode::CertificateNotYetValid),
+    ] {
+        let leaf = p.reissue(&p.device, Role::Device, "device-1", &[], validity);
+        let err = connect(server.addr, device_config_as_leaf(leaf.identity_with(provider())))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(peer_alert(&err), Some(alert), "{err}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_certificate_as_device_and_device_certificate_as_server_are_refused() {
+    let p = pki();
+    let server = start_server_here().await;
+    let err = connect(server.addr, device_config_as_leaf(p.server.identity_with(provider())))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(peer_alert(&err), Some(AlertCode::CertificateRole), "{err}");
+    server.stop().await;
+
+    let mut config = server_config();
+    config.identity = p.device.identity_with(provider());
+    let server = start_server_with(config, |_| {}).await;
+    let err = connect(server.addr, device_config())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
+                error: CertError::WrongRole { .. },
+                ..
+            }))
+        ),
+        "{err}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_server_name_is_refused_by_the_device() {
+    let server = start_server_here().await;
+    let mut config = device_config();
+    config.server_name = ServerName::Dns("other.example".into());
+    let err = connect(server.addr, config).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
+                error: CertError::NameMismatch { .. },
+                ..
+            }))
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("other.example"), "{msg}");
+    // The IP name in the certificate is accepted.
+    let mut config = device_config();
+    config.server_name = "127.0.0.1".parse().unwrap();
+    connect(server.addr, config)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_from_another_ca_is_refused_by_the_device() {
+    let p = pki();
+    let mut config = server_config();
+    // A server identity issued by the untrusted CA, for the same key.
+    let foreign = p
+        .other_ca
+        .issue_for_key(
+            Role::Server,
+            "localhost",
+            &secured::testkit::server_names(),
+            &p.server.spki_der(),
+            secured::pki::Validity::days_from_now(1),
+        )
+        .unwrap();
+    config.identity = std::sync::Arc::new(
+        secured::pki::Identity::from_der(foreign, &p.server.key_der, p.provider()).unwrap(),
+    );
+    let server = start_server_with(config, |_| {}).await;
+    let err = connect(server.addr, device_config())
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn device_holding_only_a_certificate_is_refused() {
+    // The proxy replaces the PREM signature with one made by another key:
+    // what a thief holding only device-1's certificate could send.
+    let server = start_server_here().await;
+    let other_key = pki().device2.identity_with(provider());
+    let proxy = start_proxy(server.addr, Tamper::Replace { frame: 1 }, move |frame| {
+        let Ok(Message::Prem(mut prem)) = Message::decode(FrameKind::PREM, &frame.body) else {
+            return frame;
+        };
+        prem.device_signature = other_key.key().pss_sign(b"not the transcript").unwrap();
+        Message::Prem(prem).to_plain_frame()
+    })
+    .await;
+    let err = connect(proxy.addr, device_config())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(peer_alert(&err), Some(AlertCode::DecryptError), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tampered_record_is_detected_and_nothing_is_accepted() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    // Frame 3 is the SECX record; flip a bit in its ciphertext.
+    let proxy = start_proxy(
+        server.addr,
+        Tamper::FlipBit {
+            frame: 3,
+            offset: 20,
+        },
+        |f| f,
+    )
+    .await;
+    let mut device = connect(proxy.addr, device_config()).await.unwrap();
+    let err = device.send_text("secret").await.unwrap_err();
+    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert!(
+        logs.wait_for("record failed authentication").await,
+        "{}",
+        logs.text()
+    );
+    assert!(!logs.text().contains("text received"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn tampered_tag_and_type_are_detected() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    let proxy = start_proxy(
+        server.addr,
+        Tamper::FlipBit {
+            frame: 3,
+            offset: -1,
+        },
+        |f| f,
+    )
+    .await;
+    let mut device = connect(proxy.addr, device_config()).await.unwrap();
+    assert!(device.send_text("secret").await.is_err());
+
+    let proxy = start_proxy(server.addr, Tamper::Replace { frame: 3 }, |mut f| {
+        f.kind = FrameKind(*b"IMGX");
+        f
+    })
+    .await;
+    let mut device = connect(proxy.addr, device_config()).await.unwrap();
+    let err = device.send_text("secret").await.unwrap_err();
+    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert!(!logs.text().contains("text received"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn replayed_record_is_detected() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    let proxy = start_proxy(server.addr, Tamper::Duplicate { frame: 3 }, |f| f).await;
+    let mut device = connect(proxy.addr, device_config()).await.unwrap();
+    // The first copy is accepted, the replay fails authentication.
+    device.send_text("pay 10").await.unwrap();
+    let err = device.close().await.unwrap_err();
+    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert!(logs.wait_for("record failed authentication").await);
+    assert_eq!(logs.text().matches("pay 10").count(), 1, "{}", logs.text());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropped_and_reordered_records_are_detected() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    // Device records: 3 = first SECX, 4 = second SECX (the device does not
+    // wait for ACKs when pipelining raw sends, so send two before reading).
+    for tamper in [Tamper::Drop { frame: 3 }, Tamper::SwapWithNext { frame: 3 }] {
+        let proxy = start_proxy(server.addr, tamper, |f| f).await;
+        let stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut s = Session::connect(stream, device_config(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        for (i, text) in ["one", "two"].into_iter().enumerate() {
+            s.feed(&Message::Secx(secured::message::Secx {
+                stream: secured::message::StreamId(1 + 2 * i as u32),
+                text: text.into(),
+            }))
+            .await
+            .unwrap();
+        }
+        s.flush().await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.recv().await {
+                    Ok(Message::Ack(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Err(SessionError::PeerAlert(AlertCode::BadRecordMac))
+            ),
+            "{tamper:?}: {outcome:?}"
+        );
+    }
+    assert!(!logs.text().contains("\"two\""), "{}", logs.text());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn truncation_without_endd_is_reported_by_the_server() {
+    let (logs, _guard) = Logs::capture();
+    let server = start_server_here().await;
+    let mut device = connect(server.addr, device_config()).await.unwrap();
+    device.send_text("then the cable is cut").await.unwrap();
+    drop(device); // TCP close, no ENDD
+    assert!(logs.wait_for("session truncated").await, "{}", logs.text());
+    assert!(!logs.text().contains("session closed"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn truncation_without_endd_is_reported_by_the_device() {
+    // A server that completes the handshake, then vanishes without ENDD.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let s = Session::accept(sock, server_config(), Duration::from_secs(10), |_| {})
+            .await
+            .unwrap();
+        drop(s);
+    });
+    let device = connect(addr, device_config()).await.unwrap();
+    fake.await.unwrap();
+    let err = device.close().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Session(SessionError::Truncated)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("truncated"));
+}
+
+#[tokio::test]
+async fn silent_client_is_dropped_at_the_handshake_timeout() {
+    let server = start_server_with(server_config(), |s| {
+        s.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec::new());
+    let frame = tokio::time::timeout(Duration::from_secs(5), framed.next())
+        .await
+        .expect("closed in time")
+        .expect("an alert")
+        .expect("a frame");
+    assert_eq!(frame.kind, FrameKind::ALRT);
+    assert_eq!(
+        Message::decode(frame.kind, &frame.body).unwrap(),
+        Message::Alert(AlertCode::Timeout)
+    );
+    assert!(framed.next().await.is_none(), "then the connection closes");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_and_garbage_frames_get_alerts() {
+    let server = start_server_here().await;
+    // A length far above the limit: refused at the header.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"HELO\x7f\xff\xff\xff")
+        .await
+        .unwrap();
+    let mut framed = Framed::new(stream, FrameCodec::new());
+    let frame = framed.next().await.unwrap().unwrap();
+    assert_eq!(
+        Message::decode(frame.kind, &frame.body).unwrap(),
+        Message::Alert(AlertCode::RecordOverflow)
+    );
+
+    // A HELO that does not decode.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec::new());
+    framed
+        .send(Frame::new(FrameKind::HELO, [1u8, 1, 0, 1]))
+        .await
+        .unwrap();
+    let frame = framed.next().await.unwrap().unwrap();
+    assert_eq!(
+        Message::decode(frame.kind, &frame.body).unwrap(),
+        Message::Alert(AlertCode::DecodeError)
+    );
+
+    // The server still serves a good device afterwards.
+    let mut device = connect(server.addr, device_config()).await.unwrap();
+    device.send_text("still here").await.unwrap();
+    device.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn text_over_the_limit_is_refused_before_sending() {
+    let server = start_server_here().await;
+    let mut device = connect(server.addr, device_config()).await.unwrap();
+    let long = "x".repeat(secured::message::MAX_TEXT_LEN + 1);
+    assert!(matches!(
+        device.send_text(&long).await,
+        Err(ClientError::TextTooLong { .. })
+    ));
+    let exact = "y".repeat(secured::message::MAX_TEXT_LEN);
+    device.send_text(&exact).await.unwrap();
+    device.close().await.unwrap();
+    server.stop().await;
+}
