@@ -90,6 +90,19 @@ fn bench_codec_path(c: &mut Criterion) {
     use tokio_util::codec::Encoder;
     let mut group = c.benchmark_group("record_into_codec");
     let data = vec![0x5au8; MAX_PLAINTEXT_LEN];
+    group.throughput(Throughput::Bytes(8 * data.len() as u64));
+    group.bench_function("seal_batch_8x64KiB", |b| {
+        let mut writer = RecordWriter::new(&keys());
+        let mut codec = secured::frame::FrameCodec::new();
+        let mut buf = BytesMut::with_capacity(9 * MAX_PLAINTEXT_LEN);
+        let batch: Vec<&[u8]> = (0..8).map(|_| &data[..]).collect();
+        b.iter(|| {
+            buf.clear();
+            let rec = writer.seal_batch(FrameKind::IMGX, &batch).expect("seal");
+            codec.encode(rec, &mut buf).expect("encode");
+            black_box(&buf);
+        });
+    });
     group.throughput(Throughput::Bytes(data.len() as u64));
     group.bench_function("seal_64KiB", |b| {
         let mut writer = RecordWriter::new(&keys());

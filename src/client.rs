@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::crypto::cipher::LANES;
 use crate::frame::FrameKind;
 use crate::handshake::DeviceConfig;
 use crate::message::{
@@ -266,15 +267,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
             got,
         };
         let mut sent = 0u64;
-        while let Some(chunk) = chunks.recv().await {
-            let len = (chunk.len() - IMGX_DATA_HEADER_LEN) as u64;
+        let mut batch = Vec::with_capacity(LANES);
+        while let Some(first) = chunks.recv().await {
+            // Take what the reader has ready, up to one lockstep group.
+            batch.clear();
+            batch.push(first);
+            while batch.len() < LANES {
+                match chunks.try_recv() {
+                    Ok(chunk) => batch.push(chunk),
+                    Err(_) => break,
+                }
+            }
+            let len: u64 = batch
+                .iter()
+                .map(|c| (c.len() - IMGX_DATA_HEADER_LEN) as u64)
+                .sum();
             if sent + len > file.size {
                 // The file grew: never send more than was declared.
                 drop(chunks);
                 let _ = reader.await;
                 return Err(self.abort_stream(stream, changed(sent + len)).await);
             }
-            self.session.feed_raw(FrameKind::IMGX, &chunk).await?;
+            self.session.feed_raw_batch(FrameKind::IMGX, &batch).await?;
             sent += len;
             progress(len);
         }

@@ -7,11 +7,12 @@
 //! open. The two halves are separate values so that a session can read and
 //! write from different tasks.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
+use tokio_util::codec::Encoder;
 
-use crate::crypto::cipher::{self, BadRecord, Opener, Sealer};
+use crate::crypto::cipher::{self, BadRecord, Opener, SealJob, Sealer};
 use crate::crypto::kdf::DirectionKeys;
-use crate::frame::{self, EncodeFrame, Frame, FrameKind, HEADER_LEN};
+use crate::frame::{self, EncodeFrame, Frame, FrameCodec, FrameError, FrameKind, HEADER_LEN};
 
 /// Largest plaintext carried by one record.
 pub const MAX_PLAINTEXT_LEN: usize = 65_536;
@@ -92,6 +93,38 @@ impl RecordWriter {
         })
     }
 
+    /// Claims sequence numbers for several records of `kind`; encoded, they
+    /// are sealed in lockstep ([`Sealer::seal_many`]) straight into the
+    /// codec's buffer, one frame after another.
+    ///
+    /// # Errors
+    /// [`RecordError::TooLarge`] or [`RecordError::Exhausted`], before any
+    /// sequence number is used.
+    pub fn seal_batch<'a, P: AsRef<[u8]>>(
+        &'a mut self,
+        kind: FrameKind,
+        plaintexts: &'a [P],
+    ) -> Result<SealedBatch<'a, P>, RecordError> {
+        if plaintexts
+            .iter()
+            .any(|p| p.as_ref().len() > MAX_PLAINTEXT_LEN)
+        {
+            return Err(RecordError::TooLarge);
+        }
+        let count = plaintexts.len() as u64;
+        if self.seq.saturating_add(count) > MAX_RECORDS {
+            return Err(RecordError::Exhausted);
+        }
+        let first_seq = self.seq;
+        self.seq += count;
+        Ok(SealedBatch {
+            sealer: &self.sealer,
+            first_seq,
+            kind,
+            plaintexts,
+        })
+    }
+
     /// Seals into a standalone [`Frame`] (handshake and tests; the data path
     /// uses [`RecordWriter::seal`]).
     ///
@@ -126,6 +159,57 @@ impl EncodeFrame for SealedRecord<'_> {
 
     fn write_body(self, header: &[u8; HEADER_LEN], dst: &mut [u8]) {
         self.sealer.seal(self.seq, header, self.plaintext, dst);
+    }
+}
+
+/// Several records ready to be sealed together into an output buffer.
+pub struct SealedBatch<'a, P> {
+    sealer: &'a Sealer,
+    first_seq: u64,
+    kind: FrameKind,
+    plaintexts: &'a [P],
+}
+
+impl<P: AsRef<[u8]>> Encoder<SealedBatch<'_, P>> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, batch: SealedBatch<'_, P>, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let start = dst.len();
+        let total: usize = batch
+            .plaintexts
+            .iter()
+            .map(|p| HEADER_LEN + cipher::sealed_len(p.as_ref().len()))
+            .sum();
+        dst.reserve(total);
+        // Lay out each frame with its plaintext where the ciphertext will
+        // be (copying it is the only write of those bytes), then seal in place.
+        for p in batch.plaintexts {
+            let p = p.as_ref();
+            let len = cipher::sealed_len(p.len());
+            dst.put_slice(&frame::header(batch.kind, len));
+            dst.put_bytes(0, cipher::IV_LEN);
+            dst.put_slice(p);
+            dst.put_bytes(0, len - cipher::IV_LEN - p.len());
+        }
+        let mut rest = &mut dst[start..];
+        let mut jobs = Vec::with_capacity(batch.plaintexts.len());
+        for (i, p) in batch.plaintexts.iter().enumerate() {
+            let plaintext_len = p.as_ref().len();
+            let len = cipher::sealed_len(plaintext_len);
+            let (frame_bytes, tail) = rest.split_at_mut(HEADER_LEN + len);
+            rest = tail;
+            let (h, out) = frame_bytes.split_at_mut(HEADER_LEN);
+            let mut header = [0u8; HEADER_LEN];
+            header.copy_from_slice(h);
+            jobs.push(SealJob {
+                seq: batch.first_seq + i as u64,
+                header,
+                plaintext_len,
+                out,
+            });
+        }
+        batch.sealer.seal_many(&mut jobs);
+        Ok(())
     }
 }
 
@@ -204,6 +288,35 @@ mod tests {
         );
         assert_eq!(&r.open(b).unwrap()[..], b"b");
         assert_eq!(&r.open(c).unwrap()[..], b"c");
+    }
+
+    #[test]
+    fn batches_open_in_order_like_single_records() {
+        use tokio_util::codec::Decoder;
+        let (mut w, mut r) = pair();
+        let plains: Vec<Vec<u8>> = (0..11).map(|i| vec![i as u8; 1000 * i + 3]).collect();
+        let mut buf = BytesMut::new();
+        let mut codec = FrameCodec::new();
+        codec
+            .encode(w.seal_frame(FrameKind::SECX, b"before").unwrap(), &mut buf)
+            .unwrap();
+        codec
+            .encode(w.seal_batch(FrameKind::IMGX, &plains).unwrap(), &mut buf)
+            .unwrap();
+        codec
+            .encode(w.seal_frame(FrameKind::SECX, b"after").unwrap(), &mut buf)
+            .unwrap();
+        assert_eq!(w.next_seq(), 13);
+        let f = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&r.open(f).unwrap()[..], b"before");
+        for p in &plains {
+            let f = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(f.kind, FrameKind::IMGX);
+            assert_eq!(&r.open(f).unwrap()[..], &p[..]);
+        }
+        let f = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&r.open(f).unwrap()[..], b"after");
+        assert!(buf.is_empty());
     }
 
     #[test]

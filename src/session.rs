@@ -31,7 +31,7 @@ use crate::record::{RecordError, RecordReader, RecordWriter};
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many bytes of sealed records may wait in the write buffer before
 /// the session flushes them to the socket.
-const WRITE_BACKPRESSURE: usize = 256 * 1024;
+const WRITE_BACKPRESSURE: usize = 512 * 1024;
 
 /// Errors of a session.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +265,21 @@ where
     ) -> Result<(), SessionError> {
         let record = self.writer.seal(kind, plaintext)?;
         self.framed.feed(record).await?;
+        Ok(())
+    }
+
+    /// Seals several raw plaintexts as consecutive records of `kind`,
+    /// encrypted in lockstep, without flushing (the file data path).
+    ///
+    /// # Errors
+    /// As [`Session::feed`].
+    pub async fn feed_raw_batch<P: AsRef<[u8]>>(
+        &mut self,
+        kind: FrameKind,
+        plaintexts: &[P],
+    ) -> Result<(), SessionError> {
+        let batch = self.writer.seal_batch(kind, plaintexts)?;
+        self.framed.feed(batch).await?;
         Ok(())
     }
 

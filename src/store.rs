@@ -35,8 +35,10 @@ use crate::message::MAX_FILE_NAME_LEN;
 
 const INCOMING: &str = ".incoming";
 const META: &str = ".meta";
-/// Chunks queued between the session and the writer thread.
-const WRITE_QUEUE: usize = 8;
+/// Chunks handed to the writer thread at once: fewer wake-ups.
+const WRITE_BATCH: usize = 8;
+/// Batches queued between the session and the writer thread.
+const WRITE_QUEUE: usize = 2;
 /// Most collision suffixes tried before giving up.
 const MAX_SUFFIX: u32 = 10_000;
 
@@ -169,15 +171,17 @@ impl Store {
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
         let writer = tokio::task::spawn_blocking(move || {
             let mut file = file;
             let mut hasher = ContentHasher::new();
             let mut size = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                file.write_all(&chunk)?;
-                size += chunk.len() as u64;
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                    size += chunk.len() as u64;
+                }
             }
             Ok(Written {
                 file,
@@ -186,6 +190,7 @@ impl Store {
             })
         });
         Ok(Incoming {
+            pending: Vec::with_capacity(WRITE_BATCH),
             tx: Some(tx),
             writer: Some(writer),
             temp: TempFile(Some(temp)),
@@ -213,20 +218,31 @@ impl Drop for TempFile {
 
 /// A file being received. Dropping it removes the temporary file.
 pub struct Incoming {
-    tx: Option<mpsc::Sender<Bytes>>,
+    pending: Vec<Bytes>,
+    tx: Option<mpsc::Sender<Vec<Bytes>>>,
     writer: Option<JoinHandle<io::Result<Written>>>,
     temp: TempFile,
     dir: PathBuf,
 }
 
 impl Incoming {
-    /// Queues a chunk for the writer thread (which also hashes it).
+    /// Queues a chunk for the writer thread (which also hashes it); chunks
+    /// travel in batches of [`WRITE_BATCH`].
     ///
     /// # Errors
     /// The write error, if the writer thread stopped on one.
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.pending.push(chunk);
+        if self.pending.len() >= WRITE_BATCH {
+            self.send_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_pending(&mut self) -> io::Result<()> {
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(WRITE_BATCH));
         let sent = match &self.tx {
-            Some(tx) => tx.send(chunk).await.is_ok(),
+            Some(tx) => tx.send(batch).await.is_ok(),
             None => false,
         };
         if sent {
@@ -248,6 +264,9 @@ impl Incoming {
     /// # Errors
     /// The first write error.
     pub async fn finish(mut self) -> io::Result<Received> {
+        if !self.pending.is_empty() {
+            self.send_pending().await?;
+        }
         drop(self.tx.take());
         let written = match self.writer.take() {
             Some(w) => w.await.map_err(io::Error::other)??,

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -24,8 +24,9 @@ use crate::store::{FileRecord, Incoming, Store, validate_file_name};
 
 /// Context string at the start of the signed file digest (proto-spec.md §8.3.3).
 pub const FILE_DIGEST_CONTEXT: &[u8] = b"secured/1 file\0";
-/// Chunks read ahead of the session by the device's reader thread.
-const READ_AHEAD: usize = 8;
+/// Chunks read ahead of the session by the device's reader thread: two
+/// lockstep groups, so the session finds a full group ready.
+const READ_AHEAD: usize = 2 * crate::crypto::cipher::LANES;
 
 /// The digest the device signs: it binds the metadata of the `OPEN` and
 /// the SHA-256 of the content (proto-spec.md §8.3.3).
@@ -76,25 +77,18 @@ pub fn spawn_reader(
         let mut hasher = ContentHasher::new();
         let mut size = 0u64;
         loop {
-            let mut buf = BytesMut::with_capacity(IMGX_DATA_HEADER_LEN + MAX_CHUNK_LEN);
-            buf.put_slice(&header);
-            buf.resize(IMGX_DATA_HEADER_LEN + MAX_CHUNK_LEN, 0);
-            let mut filled = IMGX_DATA_HEADER_LEN;
-            while filled < buf.len() {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if filled == IMGX_DATA_HEADER_LEN {
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(IMGX_DATA_HEADER_LEN + MAX_CHUNK_LEN);
+            buf.extend_from_slice(&header);
+            let n = (&mut file)
+                .take(MAX_CHUNK_LEN as u64)
+                .read_to_end(&mut buf)?;
+            if n == 0 {
                 break;
             }
-            buf.truncate(filled);
             hasher.update(&buf[IMGX_DATA_HEADER_LEN..]);
-            size += (filled - IMGX_DATA_HEADER_LEN) as u64;
-            if tx.blocking_send(buf.freeze()).is_err() {
+            size += n as u64;
+            if tx.blocking_send(Bytes::from(buf)).is_err() {
                 // The session stopped listening; stop reading.
                 break;
             }
