@@ -1,0 +1,358 @@
+//! A load generator for `bench/compare.sh`: it drives a running
+//! `secured serve` through the library's device API and prints one-line,
+//! machine-readable results. It is a benchmark tool, not a product command.
+//!
+//! * `handshakes` runs full sessions one after another for a fixed time:
+//!   a new TCP connection, the complete handshake (certificates both ways,
+//!   RSA-OAEP pre-master, RSA-PSS device proof, Finished), then `ENDD` both
+//!   ways. It prints `handshakes=N seconds=T rate=R failed=F`.
+//! * `sessions` opens `--count` sessions at once (one tokio task each:
+//!   connect, handshake, one `SECX` text answered by an `ACK_`), prints
+//!   `ALL_OPEN opened=K failed=F seconds=T` when every attempt has finished,
+//!   holds the sessions until a line (or end of file) arrives on standard
+//!   input or 120 s pass, then closes each with `ENDD` and prints
+//!   `closed=N close_failed=F`.
+//!
+//! Failures are counted, the first three are printed to standard error, and
+//! the exit status stays 0: the caller reads the counts. Every loop is
+//! bounded by a count or a deadline. Point `--server` at a loopback address
+//! (`127.0.0.1:PORT`); the benchmark never leaves the machine.
+//!
+//! ```text
+//! cargo run --release --example load -- handshakes --server 127.0.0.1:7443 --seconds 10
+//! cargo run --release --example load -- sessions --server 127.0.0.1:7443 --count 1000
+//! ```
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use secured::client::{ClientSettings, DeviceClient};
+use secured::crypto::{provider_by_name, providers};
+use secured::handshake::DeviceConfig;
+use secured::pki::{Identity, ServerName, TrustAnchor};
+use tokio::net::TcpStream;
+
+/// How long `sessions` holds the sessions open at most, waiting for stdin.
+const HOLD_LIMIT: Duration = Duration::from_secs(120);
+/// How many failure messages are printed.
+const SHOWN_ERRORS: usize = 3;
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for a secured server on loopback (benchmarks only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sequential full sessions (connect, handshake, ENDD) for a fixed time.
+    Handshakes {
+        #[command(flatten)]
+        conn: Conn,
+        /// How long to keep going, in seconds (at most 3600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Single-core record throughput: seal (8 records in lockstep, as the
+    /// file path does, and one at a time) and open, 64 KiB records, no I/O.
+    Records {
+        /// How long to measure each, in seconds (at most 60).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Hold many authenticated sessions open at once.
+    Sessions {
+        #[command(flatten)]
+        conn: Conn,
+        /// Number of sessions to open concurrently.
+        #[arg(long)]
+        count: usize,
+    },
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Args)]
+struct Conn {
+    /// Server address, host:port (loopback).
+    #[arg(long, value_name = "ADDR")]
+    server: String,
+    /// RSA backend: aws-lc or rustcrypto.
+    #[arg(long, default_value = "aws-lc", value_name = "BACKEND")]
+    crypto: String,
+    /// Folder holding ca.pem and DEVICE.pem.
+    #[arg(long, default_value = "certs", value_name = "DIR")]
+    certs_dir: PathBuf,
+    /// Folder holding DEVICE.key.
+    #[arg(long, default_value = "keys", value_name = "DIR")]
+    keys_dir: PathBuf,
+    /// Device name: selects DEVICE.pem and DEVICE.key.
+    #[arg(long, default_value = "device-1", value_name = "NAME")]
+    device: String,
+}
+
+impl Conn {
+    /// Loads the device identity and the CA once; every session shares them.
+    fn device_config(&self) -> Result<DeviceConfig, String> {
+        let provider = provider_by_name(&self.crypto).ok_or_else(|| {
+            let known: Vec<&str> = providers().iter().map(|p| p.name).collect();
+            format!(
+                "unknown crypto backend {:?} (this build has: {})",
+                self.crypto,
+                known.join(", ")
+            )
+        })?;
+        let cert = self.certs_dir.join(format!("{}.pem", self.device));
+        let key = self.keys_dir.join(format!("{}.key", self.device));
+        let identity = Identity::load(&cert, &key, provider).map_err(|e| e.to_string())?;
+        let anchor = TrustAnchor::load(&self.certs_dir.join("ca.pem"), provider)
+            .map_err(|e| e.to_string())?;
+        Ok(DeviceConfig {
+            identity: Arc::new(identity),
+            anchor: Arc::new(anchor),
+            server_name: ServerName::Dns("localhost".into()),
+            provider,
+        })
+    }
+}
+
+/// Counts failures and prints the first few.
+#[derive(Default)]
+struct Failures {
+    count: AtomicUsize,
+}
+
+impl Failures {
+    fn record(&self, what: &str, err: &dyn std::fmt::Display) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        if n < SHOWN_ERRORS {
+            eprintln!("load: {what} failed: {err}");
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Handshakes { conn, seconds } => handshakes(&conn, seconds).await,
+            Command::Sessions { conn, count } => sessions(&conn, count).await,
+            Command::Records { seconds } => records(seconds),
+        }
+    });
+    // Do not wait for the stdin reader thread, if it is still blocked.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Measures record sealing and opening on one core; prints MB/s
+/// (10^6 bytes) of plaintext: `seal_batch=… seal_single=… open=…`.
+fn records(seconds: f64) -> Result<(), String> {
+    use bytes::BytesMut;
+    use secured::crypto::PreMaster;
+    use secured::crypto::cipher::LANES;
+    use secured::crypto::kdf;
+    use secured::frame::{FrameCodec, FrameKind};
+    use secured::record::{MAX_PLAINTEXT_LEN, RecordReader, RecordWriter};
+    use tokio_util::codec::{Decoder, Encoder};
+
+    let limit = Duration::from_secs_f64(seconds.clamp(0.1, 60.0));
+    let keys = kdf::derive(
+        &PreMaster::from_bytes([7; 32]),
+        &[1; 32],
+        &[2; 32],
+        &[3; 32],
+    );
+    let data = vec![0x5au8; MAX_PLAINTEXT_LEN];
+    let batch: Vec<&[u8]> = (0..LANES).map(|_| &data[..]).collect();
+    let mut codec = FrameCodec::new();
+    let mut buf = BytesMut::with_capacity((LANES + 1) * (MAX_PLAINTEXT_LEN + 128));
+    let rate = |bytes: usize, t: Duration| bytes as f64 / 1e6 / t.as_secs_f64();
+
+    // Seal, batched, straight into the codec's buffer.
+    let mut writer = RecordWriter::new(&keys.device_to_server);
+    let (mut bytes, started) = (0usize, Instant::now());
+    while started.elapsed() < limit {
+        buf.clear();
+        let sealed = writer
+            .seal_batch(FrameKind::IMGX, &batch)
+            .map_err(|e| e.to_string())?;
+        codec.encode(sealed, &mut buf).map_err(|e| e.to_string())?;
+        bytes += LANES * MAX_PLAINTEXT_LEN;
+    }
+    let seal_batch = rate(bytes, started.elapsed());
+
+    // Seal, one record at a time.
+    let (mut bytes, started) = (0usize, Instant::now());
+    while started.elapsed() < limit {
+        buf.clear();
+        let sealed = writer
+            .seal(FrameKind::IMGX, &data)
+            .map_err(|e| e.to_string())?;
+        codec.encode(sealed, &mut buf).map_err(|e| e.to_string())?;
+        bytes += MAX_PLAINTEXT_LEN;
+    }
+    let seal_single = rate(bytes, started.elapsed());
+
+    // Open: records sealed (untimed) in order, then opened in place (timed).
+    let mut writer = RecordWriter::new(&keys.device_to_server);
+    let mut reader = RecordReader::new(&keys.device_to_server);
+    let (mut bytes, mut spent, started) = (0usize, Duration::ZERO, Instant::now());
+    while started.elapsed() < limit * 2 && spent < limit {
+        buf.clear();
+        let sealed = writer
+            .seal_batch(FrameKind::IMGX, &batch)
+            .map_err(|e| e.to_string())?;
+        codec.encode(sealed, &mut buf).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        while let Some(frame) = codec.decode(&mut buf).map_err(|e| e.to_string())? {
+            bytes += reader.open(frame).map_err(|e| e.to_string())?.len();
+        }
+        spent += t.elapsed();
+    }
+    let open = rate(bytes, spent);
+    println!("seal_batch={seal_batch:.1} seal_single={seal_single:.1} open={open:.1}");
+    Ok(())
+}
+
+/// One complete session: TCP connect, handshake, `ENDD` both ways.
+async fn one_session(
+    addr: &str,
+    config: DeviceConfig,
+    settings: ClientSettings,
+) -> Result<(), secured::client::ClientError> {
+    let client = DeviceClient::connect(addr, config, settings).await?;
+    client.close().await
+}
+
+async fn handshakes(conn: &Conn, seconds: f64) -> Result<(), String> {
+    if !(seconds > 0.0 && seconds <= 3600.0) {
+        return Err(format!("--seconds must be in (0, 3600], not {seconds}"));
+    }
+    let config = conn.device_config()?;
+    let settings = ClientSettings::default();
+    let failures = Failures::default();
+    let limit = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut done = 0u64;
+    // Bounded by the deadline; each attempt is bounded by the client's timeouts.
+    while start.elapsed() < limit {
+        match one_session(&conn.server, config.clone(), settings.clone()).await {
+            Ok(()) => done += 1,
+            Err(e) => {
+                failures.record("session", &e);
+                if failures.get() >= 100 && done == 0 {
+                    return Err("100 sessions failed and none succeeded; giving up".into());
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "handshakes={done} seconds={elapsed:.3} rate={:.1} failed={}",
+        done as f64 / elapsed,
+        failures.get()
+    );
+    Ok(())
+}
+
+async fn sessions(conn: &Conn, count: usize) -> Result<(), String> {
+    if count == 0 || count > 100_000 {
+        return Err(format!("--count must be in 1..=100000, not {count}"));
+    }
+    let config = conn.device_config()?;
+    let settings = ClientSettings::default();
+    let failures = Arc::new(Failures::default());
+
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let addr = conn.server.clone();
+        let config = config.clone();
+        let settings = settings.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = DeviceClient::connect(&addr, config, settings).await?;
+            client.send_text(&format!("load session {i}")).await?;
+            Ok::<_, secured::client::ClientError>(client)
+        }));
+    }
+    let mut open: Vec<DeviceClient<TcpStream>> = Vec::with_capacity(count);
+    for task in tasks {
+        match task.await {
+            Ok(Ok(client)) => open.push(client),
+            Ok(Err(e)) => failures.record("session", &e),
+            Err(e) => failures.record("session task", &e),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "ALL_OPEN opened={} failed={} seconds={elapsed:.3}",
+        open.len(),
+        failures.get()
+    );
+    let _ = std::io::stdout().flush();
+
+    // Hold the sessions until the caller has measured: a line (or EOF) on
+    // stdin, or the time limit. A plain thread reads stdin, so that nothing
+    // waits for it if the limit passes first.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    if tokio::time::timeout(HOLD_LIMIT, rx).await.is_err() {
+        eprintln!(
+            "load: no line on stdin within {} s; closing",
+            HOLD_LIMIT.as_secs()
+        );
+    }
+
+    let close_failures = Arc::new(Failures::default());
+    let mut closing = Vec::with_capacity(open.len());
+    for client in open {
+        let close_failures = Arc::clone(&close_failures);
+        closing.push(tokio::spawn(async move {
+            match client.close().await {
+                Ok(()) => true,
+                Err(e) => {
+                    close_failures.record("close", &e);
+                    false
+                }
+            }
+        }));
+    }
+    let mut closed = 0usize;
+    for task in closing {
+        if matches!(task.await, Ok(true)) {
+            closed += 1;
+        }
+    }
+    println!("closed={closed} close_failed={}", close_failures.get());
+    Ok(())
+}
