@@ -18,6 +18,8 @@
 //! handshake_timeout_secs = 10
 //! idle_timeout_secs = 300
 //! max_connections = 1024
+//! max_unauthenticated = 128
+//! shutdown_grace_secs = 30
 //! max_file_size = "64GiB"
 //!
 //! [device]
@@ -95,6 +97,10 @@ pub struct ServerSection {
     pub idle_timeout_secs: Option<u64>,
     /// Most concurrent sessions.
     pub max_connections: Option<usize>,
+    /// Most connections still in the handshake.
+    pub max_unauthenticated: Option<usize>,
+    /// Grace period for transfers at shutdown, in seconds.
+    pub shutdown_grace_secs: Option<u64>,
     /// Largest upload, e.g. `"64GiB"`.
     pub max_file_size: Option<bytesize::ByteSize>,
 }

@@ -2,13 +2,28 @@
 //! application messages.
 //!
 //! The listener is bound by the caller (the binary binds the configured
-//! address, tests bind `127.0.0.1:0`), and shutdown is a
-//! [`CancellationToken`]: the accept loop stops, sessions in flight are
-//! told with `ALRT unavailable`, and [`run`] returns once every task ended.
+//! address, tests bind `127.0.0.1:0`).
+//!
+//! Resource limits (proto-spec.md §10): at most `max_unauthenticated`
+//! connections in the handshake, where one more evicts the oldest one still
+//! handshaking (like OpenSSH's MaxStartups, this keeps a flood of silent
+//! connections from locking devices out: a real handshake takes
+//! milliseconds, so it is never the oldest for long); at most
+//! `max_connections` authenticated sessions, beyond which a device that
+//! completes its handshake is told `ALRT unavailable`; a time limit on the
+//! whole handshake and on silence afterwards; and frames, records and
+//! queues bounded in size, so one connection holds at most about 1.5 MiB.
+//!
+//! Shutdown is a [`CancellationToken`]: the accept loop stops, handshakes
+//! and idle sessions are closed with `ALRT unavailable`, and sessions in the
+//! middle of a file may finish it within the grace period; after it, they
+//! are closed too (their temporary files are removed). [`run`] returns once
+//! every task ended.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -30,9 +45,13 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Limit for silence between messages of an established session.
     pub idle_timeout: Duration,
-    /// Most sessions served at once; further connections wait in the
-    /// kernel's accept queue.
+    /// Most authenticated sessions at once; a device over the limit is told
+    /// `ALRT unavailable` after its handshake.
     pub max_connections: usize,
+    /// Most connections still in the handshake; one more evicts the oldest.
+    pub max_unauthenticated: usize,
+    /// How long transfers in flight may go on after shutdown was requested.
+    pub shutdown_grace: Duration,
     /// Where received data is stored, one folder per device.
     pub data_dir: PathBuf,
     /// Limits of file uploads.
@@ -45,6 +64,8 @@ impl Default for ServerSettings {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
+            max_unauthenticated: 128,
+            shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
             uploads: UploadLimits::default(),
         }
@@ -73,20 +94,21 @@ pub async fn run(
             "removed what interrupted transfers left behind"
         );
     }
-    let settings = Arc::new(settings);
-    let limit = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        config,
+        admission: Admission::new(settings.max_unauthenticated),
+        sessions: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+        settings,
+        store,
+        shutdown: shutdown.clone(),
+        stop: stop.clone(),
+    });
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, provider = config.provider.name, "listening");
+        info!(%addr, provider = shared.config.provider.name, "listening");
     }
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
         let (socket, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
@@ -99,56 +121,150 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let span = info_span!("conn", %peer, device = tracing::field::Empty);
-        let config = config.clone();
-        let settings = settings.clone();
-        let shutdown = shutdown.clone();
-        let store = store.clone();
-        tracker.spawn(
-            async move {
-                serve_connection(socket, peer, config, &settings, &store, shutdown).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        let shared = shared.clone();
+        tracker
+            .spawn(async move { serve_connection(socket, peer, &shared).await }.instrument(span));
     }
-    info!("no longer accepting connections; waiting for sessions to end");
+    drop(listener);
     tracker.close();
-    tracker.wait().await;
+    let grace = shared.settings.shutdown_grace;
+    info!(
+        sessions = tracker.len(),
+        grace_secs = grace.as_secs(),
+        "no longer accepting connections; letting transfers in flight finish"
+    );
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            sessions = tracker.len(),
+            "grace period over; closing the remaining sessions"
+        );
+        stop.cancel();
+        tracker.wait().await;
+    }
     info!("stopped");
     Ok(())
 }
 
-async fn serve_connection(
-    socket: TcpStream,
-    peer: SocketAddr,
+/// What every connection task shares.
+struct Shared {
     config: ServerConfig,
-    settings: &ServerSettings,
-    store: &Store,
+    settings: ServerSettings,
+    store: Store,
+    admission: Admission,
+    /// Authenticated session slots.
+    sessions: Arc<Semaphore>,
+    /// Graceful shutdown requested: no new work.
     shutdown: CancellationToken,
-) {
+    /// The grace period is over: stop now.
+    stop: CancellationToken,
+}
+
+/// The connections still in the handshake, oldest first.
+struct Admission {
+    limit: usize,
+    pending: Mutex<(u64, VecDeque<(u64, CancellationToken)>)>,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            pending: Mutex::new((0, VecDeque::new())),
+        }
+    }
+
+    /// Registers a new handshake, evicting the oldest one if the limit is
+    /// reached. Returns its id and the token that evicts it.
+    fn admit(&self) -> (u64, CancellationToken) {
+        let token = CancellationToken::new();
+        let mut guard = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (next, pending) = &mut *guard;
+        if pending.len() >= self.limit
+            && let Some((_, oldest)) = pending.pop_front()
+        {
+            oldest.cancel();
+        }
+        *next += 1;
+        pending.push_back((*next, token.clone()));
+        (*next, token)
+    }
+
+    /// Removes a handshake that ended, one way or the other.
+    fn release(&self, id: u64) {
+        let mut guard = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.1.retain(|(i, _)| *i != id);
+    }
+}
+
+async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = socket.set_nodelay(true);
     debug!(%peer, "connection accepted");
     let span = tracing::Span::current();
-    let accepted = Session::accept(socket, config, settings.handshake_timeout, |device| {
-        span.record("device", device.name());
-    })
-    .await;
+    let (admission_id, evicted) = shared.admission.admit();
+    let handshake = Session::accept(
+        socket,
+        shared.config.clone(),
+        shared.settings.handshake_timeout,
+        |device| {
+            span.record("device", device.name());
+        },
+    );
+    let accepted = tokio::select! {
+        r = handshake => Some(r),
+        () = evicted.cancelled() => {
+            warn!("too many connections still in the handshake; dropped the oldest, this one");
+            None
+        }
+        () = shared.shutdown.cancelled() => {
+            debug!("shutting down during the handshake");
+            None
+        }
+    };
+    shared.admission.release(admission_id);
     let mut session = match accepted {
-        Ok(s) => s,
-        Err(e) => {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
             warn!(error = %e, "handshake failed");
             return;
         }
+        None => return,
+    };
+    let Ok(_slot) = shared.sessions.clone().try_acquire_owned() else {
+        warn!(
+            max_connections = shared.settings.max_connections,
+            "at capacity; refusing the session"
+        );
+        session.abort(AlertCode::Unavailable).await;
+        return;
     };
     info!(serial = %session.peer().serial_hex(), "device authenticated");
+    serve_session(&mut session, shared).await;
+}
 
+/// Serves an established session until it ends.
+async fn serve_session(session: &mut Session<TcpStream>, shared: &Shared) {
+    let settings = &shared.settings;
     let mut last_stream: Option<StreamId> = None;
     let mut upload: Option<Upload> = None;
     loop {
+        // Once shutdown is requested, a session goes on only while a file
+        // is in flight, and never past the grace period.
+        if shared.shutdown.is_cancelled() && upload.is_none() {
+            info!("server shutting down; closing the session");
+            session.abort(AlertCode::Unavailable).await;
+            return;
+        }
         let next = tokio::select! {
             r = tokio::time::timeout(settings.idle_timeout, session.recv()) => r,
-            () = shutdown.cancelled() => {
-                info!("server shutting down; closing session");
+            () = shared.shutdown.cancelled(), if upload.is_none() => continue,
+            () = shared.stop.cancelled() => {
+                warn!(transfer_in_flight = upload.is_some(), "grace period over; closing the session");
                 session.abort(AlertCode::Unavailable).await;
                 return;
             }
@@ -182,6 +298,11 @@ async fn serve_connection(
             }
             Message::Imgx(imgx) => {
                 if let Imgx::Open(open) = &imgx {
+                    if shared.shutdown.is_cancelled() {
+                        info!("server shutting down; refusing a new file");
+                        session.abort(AlertCode::Unavailable).await;
+                        return;
+                    }
                     if let Err(reason) = check_stream(last_stream, open.stream) {
                         let reply = ack(open.stream, AckStatus::BadRequest, reason);
                         if let Err(e) = session.send(&reply).await {
@@ -198,7 +319,9 @@ async fn serve_connection(
                     serial: session.peer().serial_hex(),
                     key: session.peer().public_key().as_ref(),
                 };
-                match transfer::handle(imgx, &mut upload, store, &settings.uploads, &sender).await {
+                match transfer::handle(imgx, &mut upload, &shared.store, &settings.uploads, &sender)
+                    .await
+                {
                     Reply::None => Ok(()),
                     Reply::Ack(msg) => session.send(&msg).await,
                     Reply::Fatal(code, reason) => {

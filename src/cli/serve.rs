@@ -42,6 +42,12 @@ pub(super) struct ServeArgs {
     /// Most sessions served at once [default: 1024].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// Most connections still in the handshake; one more evicts the oldest [default: 128].
+    #[arg(long, value_name = "N")]
+    max_unauthenticated: Option<usize>,
+    /// Seconds that transfers in flight may go on after SIGTERM or SIGINT [default: 30].
+    #[arg(long, value_name = "SECS")]
+    shutdown_grace: Option<u64>,
     /// Largest file a device may upload, e.g. 500MiB or 64GiB [default: 64GiB].
     #[arg(long, value_name = "SIZE")]
     max_file_size: Option<ByteSize>,
@@ -90,6 +96,14 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
             .max_connections
             .or(f.max_connections)
             .unwrap_or(defaults.max_connections),
+        max_unauthenticated: args
+            .max_unauthenticated
+            .or(f.max_unauthenticated)
+            .unwrap_or(defaults.max_unauthenticated),
+        shutdown_grace: args
+            .shutdown_grace
+            .or(f.shutdown_grace_secs)
+            .map_or(defaults.shutdown_grace, Duration::from_secs),
         data_dir: data_dir.clone(),
         uploads: UploadLimits {
             max_file_size: args
@@ -113,7 +127,7 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested");
+        tracing::info!("shutdown requested (SIGTERM or SIGINT)");
         trigger.cancel();
     });
     server::run(listener, config, settings, shutdown)
