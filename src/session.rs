@@ -249,7 +249,9 @@ where
         self.scratch.clear();
         msg.encode(&mut self.scratch);
         let record = self.writer.seal(msg.kind(), &self.scratch)?;
-        self.framed.feed(record).await?;
+        if let Err(e) = self.framed.feed(record).await {
+            return Err(self.explain_write_error(e.into()).await);
+        }
         Ok(())
     }
 
@@ -264,7 +266,9 @@ where
         plaintext: &[u8],
     ) -> Result<(), SessionError> {
         let record = self.writer.seal(kind, plaintext)?;
-        self.framed.feed(record).await?;
+        if let Err(e) = self.framed.feed(record).await {
+            return Err(self.explain_write_error(e.into()).await);
+        }
         Ok(())
     }
 
@@ -279,7 +283,9 @@ where
         plaintexts: &[P],
     ) -> Result<(), SessionError> {
         let batch = self.writer.seal_batch(kind, plaintexts)?;
-        self.framed.feed(batch).await?;
+        if let Err(e) = self.framed.feed(batch).await {
+            return Err(self.explain_write_error(e.into()).await);
+        }
         Ok(())
     }
 
@@ -288,7 +294,9 @@ where
     /// # Errors
     /// I/O errors.
     pub async fn flush(&mut self) -> Result<(), SessionError> {
-        SinkExt::<Frame>::flush(&mut self.framed).await?;
+        if let Err(e) = SinkExt::<Frame>::flush(&mut self.framed).await {
+            return Err(self.explain_write_error(e.into()).await);
+        }
         Ok(())
     }
 
@@ -299,6 +307,22 @@ where
     pub async fn send(&mut self, msg: &Message) -> Result<(), SessionError> {
         self.feed(msg).await?;
         self.flush().await
+    }
+
+    /// A write failed because the peer closed the connection: it usually
+    /// said why first. Reads briefly for that alert, so that the error names
+    /// the peer's reason ("unavailable") rather than a broken pipe.
+    async fn explain_write_error(&mut self, error: SessionError) -> SessionError {
+        if !matches!(error, SessionError::Io(_)) {
+            return error;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), self.recv_raw()).await {
+            Ok(Ok((FrameKind::ALRT, plain))) => match Message::decode(FrameKind::ALRT, &plain) {
+                Ok(Message::Alert(code)) => SessionError::PeerAlert(code),
+                _ => error,
+            },
+            _ => error,
+        }
     }
 
     /// Receives the next record's type and plaintext, opened in place.

@@ -69,13 +69,20 @@ struct ServerProcess {
     child: Child,
     addr: String,
     log: std::sync::mpsc::Receiver<String>,
+    /// Lines read while waiting for the listening address.
+    early: Vec<String>,
 }
 
 impl ServerProcess {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .current_dir(dir)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
             .env_remove("RUST_LOG")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -91,6 +98,7 @@ impl ServerProcess {
             }
         });
         let mut addr = None;
+        let mut early = Vec::new();
         while addr.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
@@ -99,16 +107,25 @@ impl ServerProcess {
                 let start = line.find("\"addr\":\"").unwrap() + 8;
                 addr = Some(line[start..].split('"').next().unwrap().to_owned());
             }
+            early.push(line);
         }
         Self {
             child,
             addr: addr.unwrap(),
             log: rx,
+            early,
         }
     }
 
     /// Waits (bounded) for a log line containing all of `needles`.
     fn wait_for(&self, needles: &[&str]) -> String {
+        if let Some(line) = self
+            .early
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.clone();
+        }
         loop {
             let line = self
                 .log
@@ -498,4 +515,162 @@ fn send_file_with_a_key_that_does_not_match_stores_nothing() {
     );
     assert_one_sentence_error(&out, &["keys/server.key", "does not match"]);
     assert!(!dir.path().join("data/device-1/a.png").exists());
+}
+
+/// Sends a signal with the system's `kill` (this crate forbids unsafe code).
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A file of `mib` MiB of varied bytes.
+fn big_file(path: &Path, mib: usize) -> Vec<u8> {
+    let content: Vec<u8> = (0..mib << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(path, &content).unwrap();
+    content
+}
+
+/// Waits (bounded) until the server has a transfer in flight.
+fn wait_for_partial(data: &Path) -> bool {
+    for _ in 0..500 {
+        if std::fs::read_dir(data.join("device-1/.incoming")).is_ok_and(|d| d.count() > 0) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn visible_files(data: &Path) -> Vec<String> {
+    std::fs::read_dir(data.join("device-1"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGTERM during a transfer: the file is either complete and verified, or
+/// absent, with both a long grace period (it completes) and none (it is
+/// dropped); the server exits cleanly either way.
+#[test]
+fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
+    for (grace, expect_stored) in [("30", true), ("0", false)] {
+        let dir = workdir();
+        let content = big_file(&dir.path().join("movie.mp4"), 96);
+        let mut server = ServerProcess::start_with(dir.path(), &["--shutdown-grace", grace]);
+        let device = Command::new(BIN)
+            .current_dir(dir.path())
+            .args([
+                "device",
+                "send-file",
+                "--server",
+                &server.addr,
+                "--json",
+                "movie.mp4",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_partial(&dir.path().join("data")),
+            "the transfer never started"
+        );
+        signal(&server.child, "-TERM");
+        let out = device.wait_with_output().unwrap();
+        let status = server.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "grace {grace}: serve exited with {status}"
+        );
+
+        let stored = dir.path().join("data/device-1/movie.mp4");
+        assert_eq!(
+            out.status.success(),
+            stored.exists(),
+            "grace {grace}: {}",
+            stderr(&out)
+        );
+        // With a grace period the file completes; without one it is almost
+        // always dropped, but a transfer that won the race is fine too.
+        if expect_stored {
+            assert!(stored.exists(), "grace {grace}: {}", stderr(&out));
+        }
+        if stored.exists() {
+            assert!(
+                std::fs::read(&stored).unwrap() == content,
+                "stored bytes differ"
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["files"][0]["verified"], true);
+        } else {
+            assert_one_sentence_error(&out, &["unavailable"]);
+        }
+        assert!(
+            std::fs::read_dir(dir.path().join("data/device-1/.incoming"))
+                .is_ok_and(|d| d.count() == 0),
+            "a partial file was left behind"
+        );
+    }
+}
+
+/// SIGKILL in the middle of an upload, then a restart: nothing partial is
+/// visible, the leftover temporary file is removed at start-up, and the
+/// same upload succeeds.
+#[test]
+fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
+    let dir = workdir();
+    let content = big_file(&dir.path().join("movie.mp4"), 96);
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(dir.path());
+    let device = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["device", "send-file", "--server", &server.addr, "movie.mp4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_partial(&data), "the transfer never started");
+    signal(&server.child, "-KILL");
+    let _ = server.child.wait();
+    let out = device.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the device must notice the crash");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(visible_files(&data).is_empty(), "a partial file is visible");
+    let leftovers = std::fs::read_dir(data.join("device-1/.incoming"))
+        .unwrap()
+        .count();
+    assert!(
+        leftovers > 0,
+        "the crash should have left a temporary file to clean"
+    );
+
+    let server = ServerProcess::start(dir.path());
+    server.wait_for(&["removed what interrupted transfers left behind"]);
+    assert_eq!(
+        std::fs::read_dir(data.join("device-1/.incoming"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--server", &server.addr, "movie.mp4"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(visible_files(&data), ["movie.mp4"]);
+    assert!(std::fs::read(data.join("device-1/movie.mp4")).unwrap() == content);
 }

@@ -260,7 +260,7 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
                     .await?;
             let server = client.server().name().to_owned();
             let ack = client.send_text(&text).await?;
-            client.close().await?;
+            super::files::close_after_receipts(client, true).await?;
             println!(
                 "sent {} bytes as {device} to {server} ({}), stream {}: {} in {} ms",
                 text.len(),

@@ -162,6 +162,29 @@ pub(super) fn check_reports(reports: &[FileReport]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Ends the session. When every request already has its authenticated
+/// receipt, a session the server ends otherwise (for example with
+/// `ALRT unavailable` because it is shutting down) loses nothing: that is a
+/// warning, not a failure.
+pub(super) async fn close_after_receipts<S>(
+    client: DeviceClient<S>,
+    all_acknowledged: bool,
+) -> Result<(), CliError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match client.close().await {
+        Ok(()) => Ok(()),
+        Err(e) if all_acknowledged => {
+            eprintln!(
+                "warning: everything was acknowledged, but the session did not end cleanly: {e}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sends `files` over one session and reports on each.
 pub(super) async fn send_files(
     addr: &str,
@@ -173,7 +196,7 @@ pub(super) async fn send_files(
     let mut client = DeviceClient::connect(addr, config, ClientSettings::default()).await?;
     let server = client.server().name().to_owned();
     let reports = send_over(&mut client, files, json).await?;
-    client.close().await?;
+    close_after_receipts(client, reports.iter().all(|r| r.verified)).await?;
     if json {
         let doc = Report {
             device: &device,
