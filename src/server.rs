@@ -332,9 +332,11 @@ async fn serve_session(session: &mut Session<TcpStream>, shared: &Shared) {
                 }
             }
             Message::Endd => {
-                match session.finish_close().await {
+                match session.finish_close(settings.idle_timeout).await {
                     Ok(()) => info!("session closed"),
-                    Err(e) => debug!(error = %e, "closing after ENDD failed"),
+                    Err(e) => {
+                        warn!(error = %e, "the device did not end the session cleanly after ENDD")
+                    }
                 }
                 return;
             }

@@ -361,13 +361,16 @@ where
         }
     }
 
-    /// Ends the session cleanly: sends `ENDD`, waits (up to `timeout`) for
-    /// the peer's `ENDD` unless it already came, and shuts the stream down.
+    /// Ends the session cleanly (proto-spec.md §8.4), as the side that
+    /// closes first: sends `ENDD`, waits for the peer's `ENDD`, closes its
+    /// sending side, and reads until the peer closes too. Anything that
+    /// arrives after the peer's `ENDD` is an error, so nothing appended to
+    /// the session goes unnoticed. Bounded by `timeout` per step.
     ///
     /// # Errors
-    /// [`SessionError::Truncated`] if the peer closes without `ENDD`, or any
-    /// receive error; [`SessionError::Unexpected`] if the peer sends other
-    /// messages instead.
+    /// [`SessionError::Truncated`] if the peer closes without `ENDD`, a
+    /// receive error, [`SessionError::Unexpected`] for messages instead of
+    /// `ENDD` or after it, or [`SessionError::Timeout`].
     pub async fn close(&mut self, timeout: Duration) -> Result<(), SessionError> {
         if !self.sent_endd {
             self.sent_endd = true;
@@ -385,20 +388,52 @@ where
             }
         }
         self.framed.get_mut().shutdown().await?;
-        Ok(())
+        self.drain_until_eof(timeout).await
     }
 
-    /// Answers the peer's `ENDD` with ours and shuts the stream down.
+    /// Answers the peer's `ENDD` with ours, then reads until the peer closes
+    /// its side; a record instead is answered with `ALRT
+    /// unexpected_message`. Bounded by `timeout`.
     ///
     /// # Errors
-    /// I/O errors.
-    pub async fn finish_close(&mut self) -> Result<(), SessionError> {
+    /// I/O errors, [`SessionError::Unexpected`] for data after `ENDD`, or
+    /// [`SessionError::Timeout`].
+    pub async fn finish_close(&mut self, timeout: Duration) -> Result<(), SessionError> {
         if !self.sent_endd {
             self.sent_endd = true;
             self.send(&Message::Endd).await?;
         }
+        if let Err(e) = self.drain_until_eof(timeout).await {
+            if let Some(code) = e.alert() {
+                self.abort(code).await;
+            }
+            return Err(e);
+        }
         self.framed.get_mut().shutdown().await?;
         Ok(())
+    }
+
+    /// After both `ENDD`s: the only acceptable thing left is the end of the
+    /// stream.
+    async fn drain_until_eof(&mut self, timeout: Duration) -> Result<(), SessionError> {
+        let next = tokio::time::timeout(timeout, self.framed.next())
+            .await
+            .map_err(|_| SessionError::Timeout {
+                after: timeout,
+                waiting_for: "the peer to close the connection after ENDD",
+            })?;
+        match next {
+            None => Ok(()),
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(frame)) => {
+                let kind = frame.kind;
+                let plain = self.reader.open(frame)?;
+                match Message::decode(kind, &plain) {
+                    Ok(Message::Alert(code)) => Err(SessionError::PeerAlert(code)),
+                    _ => Err(SessionError::Unexpected(kind)),
+                }
+            }
+        }
     }
 
     /// Sends a protected alert and shuts the stream down, ignoring failures.
