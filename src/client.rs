@@ -348,12 +348,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
 
     /// Waits for the `ACK_` of `stream`.
     async fn await_ack(&mut self, stream: StreamId, timeout: Duration) -> Result<Ack, ClientError> {
-        let msg = tokio::time::timeout(timeout, self.session.recv())
-            .await
-            .map_err(|_| SessionError::Timeout {
-                after: timeout,
-                waiting_for: "the server's ACK_",
-            })??;
+        let msg = match tokio::time::timeout(timeout, self.session.recv()).await {
+            Ok(Ok(msg)) => msg,
+            Ok(Err(e)) => return Err(self.fail(e).await),
+            Err(_) => {
+                let e = SessionError::Timeout {
+                    after: timeout,
+                    waiting_for: "the server's ACK_",
+                };
+                return Err(self.fail(e).await);
+            }
+        };
         match msg {
             Message::Ack(ack) if ack.stream == stream => {
                 if ack.status == AckStatus::Ok {
@@ -372,6 +377,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
                 Err(SessionError::Unexpected(kind).into())
             }
         }
+    }
+
+    /// Tells the server why the session ends (a protected alert, when the
+    /// error has one) and returns the error.
+    async fn fail(&mut self, e: SessionError) -> ClientError {
+        if let Some(code) = e.alert() {
+            self.session.abort(code).await;
+        }
+        e.into()
     }
 
     /// Ends the session with `ENDD` in both directions.

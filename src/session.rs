@@ -377,14 +377,27 @@ where
             self.send(&Message::Endd).await?;
         }
         if !self.received_endd {
-            let reply = tokio::time::timeout(timeout, self.recv())
-                .await
-                .map_err(|_| SessionError::Timeout {
+            let reply = match tokio::time::timeout(timeout, self.recv()).await {
+                Ok(Ok(Message::Endd)) => Ok(()),
+                Ok(Ok(other)) => Err(SessionError::Unexpected(other.kind())),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(SessionError::Timeout {
                     after: timeout,
                     waiting_for: "the peer's ENDD",
-                })??;
-            if reply != Message::Endd {
-                return Err(SessionError::Unexpected(reply.kind()));
+                }),
+            };
+            if let Err(e) = reply {
+                // Our sending side is still open: say why we stop. A stream
+                // cut inside the peer's ENDD is worth an alert here too: the
+                // peer may well be alive and waiting for our close.
+                let code = match &e {
+                    SessionError::Truncated => Some(AlertCode::DecodeError),
+                    other => other.alert(),
+                };
+                if let Some(code) = code {
+                    self.abort(code).await;
+                }
+                return Err(e);
             }
         }
         self.framed.get_mut().shutdown().await?;
