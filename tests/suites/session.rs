@@ -460,3 +460,59 @@ async fn text_over_the_limit_is_refused_before_sending() {
     device.close().await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_self_signed_certificate_and_the_ca_certificate_are_refused_as_leaves() {
+    let p = pki();
+    // A self-signed certificate named like a device.
+    let rogue = secured::pki::CertificateAuthority::generate(
+        "device-1",
+        2048,
+        secured::pki::Validity::days_from_now(1),
+        provider(),
+    )
+    .unwrap();
+    let identity = secured::pki::Identity::from_der(
+        rogue.cert_der().to_vec(),
+        rogue.key_pkcs8_der(),
+        provider(),
+    )
+    .unwrap();
+    let server = start_server_here().await;
+    let err = connect(server.addr, device_config_as_leaf(std::sync::Arc::new(identity)))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(peer_alert(&err), Some(AlertCode::UnknownCa), "{err}");
+
+    // The real CA certificate, with the real CA key, presented by a device.
+    let ca_identity =
+        secured::pki::Identity::from_der(p.ca.cert_der().to_vec(), p.ca.key_pkcs8_der(), provider())
+            .unwrap();
+    let err = connect(server.addr, device_config_as_leaf(std::sync::Arc::new(ca_identity)))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(peer_alert(&err), Some(AlertCode::CertificateRole), "{err}");
+    server.stop().await;
+
+    // And presented by a server.
+    let mut config = server_config();
+    config.identity = std::sync::Arc::new(
+        secured::pki::Identity::from_der(p.ca.cert_der().to_vec(), p.ca.key_pkcs8_der(), provider())
+            .unwrap(),
+    );
+    let server = start_server_with(config, |_| {}).await;
+    let err = connect(server.addr, device_config()).await.err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
+                error: CertError::IsCa,
+                ..
+            }))
+        ),
+        "{err}"
+    );
+    server.stop().await;
+}
