@@ -12,7 +12,9 @@
 //! `max_connections` authenticated sessions, beyond which a device that
 //! completes its handshake is told `ALRT unavailable`; a time limit on the
 //! whole handshake and on silence afterwards; and frames, records and
-//! queues bounded in size, so one connection holds at most about 1.5 MiB.
+//! queues bounded in size, so one connection holds at most about 2 MiB
+//! (a frame being read, at most 24 chunks of a file queued for the disk
+//! writer, and the write buffer); an idle session holds about 25 KiB.
 //!
 //! Shutdown is a [`CancellationToken`]: the accept loop stops, handshakes
 //! and idle sessions are closed with `ALRT unavailable`, and sessions in the
