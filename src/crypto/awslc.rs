@@ -20,8 +20,7 @@ use aws_lc_rs::signature::{
 use zeroize::Zeroizing;
 
 use super::{
-    CryptoError, CryptoProvider, MAX_RSA_BITS, MIN_RSA_BITS, RsaBackend, RsaPrivateKey,
-    RsaPublicKey, SystemRandom,
+    CryptoError, CryptoProvider, RsaBackend, RsaPrivateKey, RsaPublicKey, SystemRandom, check_bits,
 };
 
 /// The aws-lc-rs provider: AWS-LC RSA and the system RNG.
@@ -32,14 +31,6 @@ pub static AWS_LC: CryptoProvider = CryptoProvider {
 };
 
 struct AwsLcRsa;
-
-fn check_bits(bits: usize) -> Result<(), CryptoError> {
-    if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
-        Ok(())
-    } else {
-        Err(CryptoError::KeySize { bits })
-    }
-}
 
 impl RsaBackend for AwsLcRsa {
     fn generate_pkcs8(&self, bits: usize) -> Result<Zeroizing<Vec<u8>>, CryptoError> {

@@ -42,6 +42,16 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// hostile certificate's public-key operations.
 pub const MAX_RSA_BITS: usize = 4096;
 
+/// Refuses RSA moduli outside [`MIN_RSA_BITS`]`..=`[`MAX_RSA_BITS`]; every
+/// backend applies it to every key it loads.
+fn check_bits(bits: usize) -> Result<(), CryptoError> {
+    if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        Ok(())
+    } else {
+        Err(CryptoError::KeySize { bits })
+    }
+}
+
 /// A set of cryptographic backends chosen together.
 pub struct CryptoProvider {
     /// A short name for logs and benchmark output.

@@ -14,8 +14,7 @@ use rsa::traits::PublicKeyParts;
 use zeroize::Zeroizing;
 
 use super::{
-    CryptoError, CryptoProvider, MAX_RSA_BITS, MIN_RSA_BITS, RsaBackend, RsaPrivateKey,
-    RsaPublicKey, SystemRandom,
+    CryptoError, CryptoProvider, RsaBackend, RsaPrivateKey, RsaPublicKey, SystemRandom, check_bits,
 };
 
 /// The pure-Rust provider: RustCrypto RSA and the system RNG.
@@ -28,14 +27,6 @@ pub static RUSTCRYPTO: CryptoProvider = CryptoProvider {
 /// [`RsaBackend`] over the `rsa` crate.
 #[derive(Debug)]
 struct RustCryptoRsa;
-
-fn check_bits(bits: usize) -> Result<(), CryptoError> {
-    if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
-        Ok(())
-    } else {
-        Err(CryptoError::KeySize { bits })
-    }
-}
 
 impl RsaBackend for RustCryptoRsa {
     fn generate_pkcs8(&self, bits: usize) -> Result<Zeroizing<Vec<u8>>, CryptoError> {

@@ -1,29 +1,6 @@
 // Included once per crypto backend by tests/transfer.rs; `PROVIDER` names it.
 
-fn provider() -> &'static secured::crypto::CryptoProvider {
-    secured::crypto::provider_by_name(PROVIDER).expect("backend compiled in")
-}
-
-fn device_config() -> secured::handshake::DeviceConfig {
-    secured::testkit::pki().device_config_with(provider())
-}
-
-#[allow(dead_code)]
-fn device_config_as_leaf(
-    identity: std::sync::Arc<secured::pki::Identity>,
-) -> secured::handshake::DeviceConfig {
-    let mut c = device_config();
-    c.identity = identity;
-    c
-}
-
-fn server_config() -> secured::handshake::ServerConfig {
-    secured::testkit::pki().server_config_with(provider())
-}
-
-async fn start_server_here() -> crate::common::TestServer {
-    crate::common::start_server_with(server_config(), |_| {}).await
-}
+include!("prelude.rs");
 
 
 use std::path::{Path, PathBuf};

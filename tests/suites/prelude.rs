@@ -1,0 +1,27 @@
+// Helpers of the per-backend suites (included by each suite, inside the
+// module where `PROVIDER` names the crypto backend under test).
+
+fn provider() -> &'static secured::crypto::CryptoProvider {
+    secured::crypto::provider_by_name(PROVIDER).expect("backend compiled in")
+}
+
+fn device_config() -> secured::handshake::DeviceConfig {
+    secured::testkit::pki().device_config_with(provider())
+}
+
+#[allow(dead_code)]
+fn device_config_as_leaf(
+    identity: std::sync::Arc<secured::pki::Identity>,
+) -> secured::handshake::DeviceConfig {
+    let mut c = device_config();
+    c.identity = identity;
+    c
+}
+
+fn server_config() -> secured::handshake::ServerConfig {
+    secured::testkit::pki().server_config_with(provider())
+}
+
+async fn start_server_here() -> crate::common::TestServer {
+    crate::common::start_server_with(server_config(), |_| {}).await
+}
