@@ -7,6 +7,8 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod logging;
 pub mod media;

@@ -294,11 +294,13 @@ impl Imgx {
                 signature: r.vec_u16("signature", 256, 512)?.to_vec(),
             },
             4 => {
+                // Strict, like every other text field: a lossy decode
+                // would not encode back to the bytes received.
                 let reason = r.vec_u16("reason", 0, MAX_ACK_DETAIL_LEN)?;
-                Self::Abort {
-                    stream,
-                    reason: String::from_utf8_lossy(reason).into_owned(),
-                }
+                let reason = std::str::from_utf8(reason)
+                    .map_err(|_| r.invalid("reason", "not valid UTF-8"))?
+                    .to_owned();
+                Self::Abort { stream, reason }
             }
             _ => return Err(r.invalid("op", "must be 1 to 4")),
         };
@@ -326,11 +328,58 @@ impl Imgx {
             }
             Self::Abort { reason, .. } => {
                 out.push(4);
-                put_vec_u16(
-                    out,
-                    &reason.as_bytes()[..reason.len().min(MAX_ACK_DETAIL_LEN)],
-                );
+                // Cut an over-long reason at a character boundary, so that
+                // what is sent is still UTF-8.
+                let mut end = reason.len().min(MAX_ACK_DETAIL_LEN);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_vec_u16(out, &reason.as_bytes()[..end]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `message` fuzzer: an `ABORT` reason that is not UTF-8
+    /// was decoded lossily, so the message did not encode back to its body
+    /// (and a long one, expanded by replacement characters, was then cut in
+    /// the middle of a character).
+    #[test]
+    fn abort_reason_must_be_utf8() {
+        let body = b"\x00\x00\x00\x05\x04\x00\x04ab\xe0\x84";
+        assert!(matches!(
+            Imgx::decode(body),
+            Err(DecodeError::Invalid {
+                field: "reason",
+                ..
+            })
+        ));
+        let body = b"\x00\x00\x00\x05\x04\x00\x04ab\xc3\xa9";
+        let msg = Imgx::decode(body).unwrap();
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        assert_eq!(out, body);
+    }
+
+    /// An over-long reason is cut at a character boundary, so the peer can
+    /// still decode it.
+    #[test]
+    fn long_abort_reason_is_cut_between_characters() {
+        let reason = format!("x{}", "é".repeat(MAX_ACK_DETAIL_LEN));
+        let msg = Imgx::Abort {
+            stream: StreamId(1),
+            reason,
+        };
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        let Imgx::Abort { reason, .. } = Imgx::decode(&out).unwrap() else {
+            panic!("not an abort");
+        };
+        assert_eq!(reason.len(), MAX_ACK_DETAIL_LEN - 1);
+        assert!(reason.starts_with("xé"));
     }
 }
