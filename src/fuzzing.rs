@@ -34,7 +34,9 @@ use crate::crypto::{
     default_provider,
 };
 use crate::frame::{self, Frame, FrameCodec, FrameError, FrameKind, HEADER_LEN, MAX_BODY_LEN};
-use crate::handshake::{DeviceConfig, ExpectDeviceHelo, HandshakeError, ServerConfig, cert_alert};
+use crate::handshake::{
+    DeviceConfig, DeviceStart, ExpectDeviceHelo, HandshakeError, ServerConfig, cert_alert,
+};
 use crate::message::Message;
 use crate::pki::{CertError, Identity, MAX_CERT_LEN, Role, ServerName, TrustAnchor, verify_peer};
 use crate::record::{MAX_PLAINTEXT_LEN, RecordError, RecordReader, RecordWriter};
@@ -607,6 +609,40 @@ pub fn handshake_server(data: &[u8]) -> usize {
     3
 }
 
+/// The device's side of the handshake: the device makes its `HELO`, then
+/// `data` supplies what the server would send (its `HELO`, then a `FINI`
+/// record, or alerts). Server certificate and name checks, the version
+/// check, the creation of `PREM` and the `FINI` check may fail, never
+/// panic. Returns how many steps succeeded: 1 means the server `HELO` was
+/// accepted and `PREM` made.
+pub fn handshake_device(data: &[u8]) -> usize {
+    let fx = fixture();
+    let Ok((state, helo)) = DeviceStart::new(fx.device.clone()).start() else {
+        return 0;
+    };
+    assert_eq!(helo.kind, FrameKind::HELO);
+    let mut frames = frames_of(data).into_iter();
+    let Some(server_helo) = frames.next() else {
+        return 0;
+    };
+    let (state, out) = match state.handle(server_helo, now()) {
+        Ok(next) => next,
+        Err(e) => return failed(&e, 0),
+    };
+    let kinds: Vec<FrameKind> = out.iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, [FrameKind::PREM, FrameKind::FINI]);
+    let Some(fini) = frames.next() else {
+        return 1;
+    };
+    match state.handle(fini) {
+        Ok(established) => {
+            assert_eq!(established.peer.role(), Role::Server);
+            2
+        }
+        Err(e) => failed(&e, 1),
+    }
+}
+
 fn failed(e: &HandshakeError, steps: usize) -> usize {
     let _ = (e.alert(), e.to_string());
     steps
@@ -628,7 +664,6 @@ pub(crate) fn test_pki() -> FixedPki {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::DeviceStart;
 
     /// A handshake recorded from the fixed device replays through the
     /// fixed server to the end, and the same bytes replay again.
@@ -665,6 +700,23 @@ mod tests {
             certificate(data);
             handshake_server(data);
         }
+    }
+
+    /// The fixed server's answer to any device HELO is the same bytes, so a
+    /// recorded server HELO is a seed the device side accepts.
+    #[test]
+    fn a_recorded_server_helo_is_accepted_by_the_device() {
+        set_pki(test_pki());
+        let fx = fixture();
+        let (_, helo) = DeviceStart::new(fx.device.clone()).start().unwrap();
+        let (_, reply) = ExpectDeviceHelo::new(fx.server.clone())
+            .handle(helo, now())
+            .unwrap();
+        assert_eq!(handshake_device(&reply.to_wire()), 1);
+        let mut with_fini = reply.to_wire();
+        with_fini.extend_from_slice(b"FINI\0\0\0\x40");
+        with_fini.extend_from_slice(&[0u8; 64]);
+        assert_eq!(handshake_device(&with_fini), 1, "a bogus FINI is refused");
     }
 
     #[test]
