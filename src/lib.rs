@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod frame;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
@@ -18,6 +19,7 @@ pub mod record;
 pub mod server;
 pub mod session;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testkit;
 pub mod transfer;
