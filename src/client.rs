@@ -19,7 +19,8 @@ use crate::pki::VerifiedPeer;
 use crate::store::validate_file_name;
 use crate::transfer::{file_digest, spawn_reader};
 
-use crate::session::{DEFAULT_HANDSHAKE_TIMEOUT, Session, SessionError};
+use crate::handshake::HandshakeError;
+use crate::session::{DEFAULT_HANDSHAKE_TIMEOUT, IoLimits, Session, SessionError};
 
 /// Time limits of a device.
 #[derive(Debug, Clone)]
@@ -28,8 +29,13 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Limit for the handshake.
     pub handshake_timeout: Duration,
-    /// Limit for each answer from the server.
+    /// Limit for each answer from the server, and for the server to take
+    /// what the device sends.
     pub reply_timeout: Duration,
+    /// How long to keep retrying while the server answers `ALRT
+    /// unavailable` to the handshake (it is busy or starting up); zero
+    /// means no retry.
+    pub busy_retry_for: Duration,
 }
 
 impl Default for ClientSettings {
@@ -38,9 +44,17 @@ impl Default for ClientSettings {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             reply_timeout: Duration::from_secs(30),
+            busy_retry_for: Duration::from_secs(60),
         }
     }
 }
+
+/// First pause before retrying a busy server; it doubles up to
+/// [`RETRY_MAX_DELAY`], and each pause is drawn at random below it so that
+/// devices refused together do not come back together.
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between retries.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// Errors of a device.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +106,17 @@ pub enum ClientError {
     /// The device key could not sign.
     #[error("cannot sign the file: {0}")]
     Sign(#[from] crate::crypto::CryptoError),
+    /// The server stayed busy (`ALRT unavailable`) for as long as the device
+    /// was willing to retry.
+    #[error("the server at {addr} is busy (it answered unavailable {attempts} times over {}s); try again later", waited.as_secs())]
+    Busy {
+        /// The address dialled.
+        addr: String,
+        /// Connections tried.
+        attempts: u32,
+        /// How long the device kept trying.
+        waited: Duration,
+    },
     /// The server answered with a status other than `ok`.
     #[error("the server refused stream {stream}: {status}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") })]
     Refused {
@@ -151,11 +176,49 @@ pub struct DeviceClient<S> {
 }
 
 impl DeviceClient<TcpStream> {
-    /// Connects to `addr` and runs the handshake.
+    /// Connects to `addr` and runs the handshake. While the server answers
+    /// `ALRT unavailable` (busy, or starting up), it retries with growing,
+    /// randomised pauses for up to [`ClientSettings::busy_retry_for`].
     ///
     /// # Errors
-    /// [`ClientError::Connect`] or [`ClientError::Session`].
+    /// [`ClientError::Connect`], [`ClientError::Busy`] or
+    /// [`ClientError::Session`].
     pub async fn connect(
+        addr: &str,
+        config: DeviceConfig,
+        settings: ClientSettings,
+    ) -> Result<Self, ClientError> {
+        let started = std::time::Instant::now();
+        let mut delay = RETRY_FIRST_DELAY;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let err = match Self::connect_once(addr, config.clone(), settings.clone()).await {
+                Err(e) if e.is_busy() => e,
+                other => return other,
+            };
+            let pause = random_below(delay);
+            if started.elapsed() + pause >= settings.busy_retry_for {
+                if settings.busy_retry_for.is_zero() {
+                    return Err(err);
+                }
+                return Err(ClientError::Busy {
+                    addr: addr.to_owned(),
+                    attempts,
+                    waited: started.elapsed(),
+                });
+            }
+            tracing::debug!(
+                attempts,
+                pause_ms = pause.as_millis() as u64,
+                "server busy; retrying"
+            );
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(RETRY_MAX_DELAY);
+        }
+    }
+
+    async fn connect_once(
         addr: &str,
         config: DeviceConfig,
         settings: ClientSettings,
@@ -168,8 +231,32 @@ impl DeviceClient<TcpStream> {
             .await
             .map_err(|_| connect_err("timed out".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        crate::net::tune(&stream, settings.reply_timeout);
         Self::handshake(stream, config, settings).await
+    }
+}
+
+/// A random duration in `[d/2, d)`.
+fn random_below(d: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let fraction = if getrandom::fill(&mut b).is_ok() {
+        f64::from(u32::from_be_bytes(b)) / f64::from(u32::MAX)
+    } else {
+        0.5
+    };
+    d.mul_f64(0.5 + fraction / 2.0)
+}
+
+impl ClientError {
+    /// Whether the server refused the handshake because it is busy.
+    #[must_use]
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Self::Session(SessionError::Handshake(HandshakeError::PeerAlert(
+                AlertCode::Unavailable
+            )))
+        )
     }
 }
 
@@ -184,7 +271,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
         settings: ClientSettings,
     ) -> Result<Self, ClientError> {
         let identity = config.identity.clone();
-        let session = Session::connect(io, config, settings.handshake_timeout).await?;
+        let mut session = Session::connect(io, config, settings.handshake_timeout).await?;
+        session.set_limits(IoLimits::uniform(settings.reply_timeout));
         Ok(Self {
             session,
             identity,
@@ -348,16 +436,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
 
     /// Waits for the `ACK_` of `stream`.
     async fn await_ack(&mut self, stream: StreamId, timeout: Duration) -> Result<Ack, ClientError> {
-        let msg = match tokio::time::timeout(timeout, self.session.recv()).await {
-            Ok(Ok(msg)) => msg,
-            Ok(Err(e)) => return Err(self.fail(e).await),
-            Err(_) => {
+        let msg = match self.session.recv_within(timeout).await {
+            Ok(msg) => msg,
+            Err(SessionError::Timeout { after, .. }) => {
                 let e = SessionError::Timeout {
-                    after: timeout,
+                    after,
                     waiting_for: "the server's ACK_",
                 };
                 return Err(self.fail(e).await);
             }
+            Err(e) => return Err(self.fail(e).await),
         };
         match msg {
             Message::Ack(ack) if ack.stream == stream => {

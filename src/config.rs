@@ -16,9 +16,13 @@
 //! ca = "certs/ca.pem"
 //! data_dir = "data"
 //! handshake_timeout_secs = 10
-//! idle_timeout_secs = 300
+//! hello_timeout_secs = 3          # for the first frame of a connection
+//! idle_timeout_secs = 300         # also bounds every write to a device
 //! max_connections = 1024
-//! max_unauthenticated = 128
+//! max_unauthenticated = 128       # connections in the handshake, in all
+//! max_unauthenticated_per_source = 32
+//! early_drop_start = 64           # random early drop from here ...
+//! early_drop_percent = 30         # ... with this chance, rising to 100 %
 //! shutdown_grace_secs = 30
 //! max_file_size = "64GiB"
 //!
@@ -93,12 +97,20 @@ pub struct ServerSection {
     pub data_dir: Option<PathBuf>,
     /// Handshake limit in seconds.
     pub handshake_timeout_secs: Option<u64>,
+    /// Limit for the first frame of a connection, in seconds.
+    pub hello_timeout_secs: Option<u64>,
     /// Idle limit in seconds.
     pub idle_timeout_secs: Option<u64>,
     /// Most concurrent sessions.
     pub max_connections: Option<usize>,
     /// Most connections still in the handshake.
     pub max_unauthenticated: Option<usize>,
+    /// Most connections in the handshake from one address.
+    pub max_unauthenticated_per_source: Option<usize>,
+    /// Connections in the handshake from which random early drop starts.
+    pub early_drop_start: Option<usize>,
+    /// Chance of random early drop at its start, in percent.
+    pub early_drop_percent: Option<u8>,
     /// Grace period for transfers at shutdown, in seconds.
     pub shutdown_grace_secs: Option<u64>,
     /// Largest upload, e.g. `"64GiB"`.

@@ -580,7 +580,7 @@ pub fn handshake_server(data: &[u8]) -> usize {
         Err(e) => return failed(&e, 0),
     };
     assert_eq!(reply.kind, FrameKind::HELO);
-    assert_eq!(state.device().role(), Role::Device);
+    assert_eq!(state.claimed().role(), Role::Device);
     let Some(prem) = frames.next() else {
         return 1;
     };

@@ -14,9 +14,11 @@ pub mod handshake;
 pub mod logging;
 pub mod media;
 pub mod message;
+pub mod net;
 pub mod pki;
 pub mod record;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]

@@ -6,32 +6,109 @@
 //! codec's write buffer) → socket, and socket → `Frame` →
 //! [`RecordReader::open`] (in place) → `Message::decode`.
 //!
+//! **Every wait on the peer has a deadline.** Reads wait at most
+//! [`IoLimits::read`], and every write or flush at most [`IoLimits::write`]:
+//! a peer that stops reading cannot hold a task (or the kernel's send
+//! buffers) for longer than that. Each wait also ends at once when the
+//! session's stop token is cancelled, and a read ends when the peer's
+//! certificate expires. After a write failed or timed out the session is
+//! broken: nothing more is written to it.
+//!
 //! Closing rules (proto-spec.md §8.4): a session ends with `ENDD` in both
 //! directions. A stream that ends without the peer's `ENDD` is a truncation
 //! and is reported as [`SessionError::Truncated`]. On an error, the side
 //! that detects it sends `ALRT` (protected once the session is established,
 //! plaintext before) and closes.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Frame, FrameCodec, FrameError, FrameKind};
 use crate::handshake::{
     DeviceConfig, DeviceStart, Established, ExpectDeviceHelo, HandshakeError, ServerConfig,
 };
 use crate::message::{AlertCode, DecodeError, Message, StreamId};
-use crate::pki::VerifiedPeer;
+use crate::pki::{CertifiedPeer, VerifiedPeer};
 use crate::record::{RecordError, RecordReader, RecordWriter};
 
 /// Default limit for a whole handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit for the first frame of a connection (the device's `HELO`).
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many bytes of sealed records may wait in the write buffer before
 /// the session flushes them to the socket.
 const WRITE_BACKPRESSURE: usize = 512 * 1024;
+/// The longest a closing alert may wait for the peer to take it: an alert
+/// is a courtesy to a peer that still reads, never a reason to stay.
+const ALERT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The body length of a plaintext alert. A protected alert is a sealed
+/// record of at least 64 bytes, so the two never look alike (proto-spec.md §9).
+const PLAIN_ALERT_LEN: usize = 2;
+
+/// Time limits of an established session's I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Longest wait for the next record from the peer.
+    pub read: Duration,
+    /// Longest wait for the peer to take what this side sends: a write or
+    /// flush blocked for longer ends the session.
+    pub write: Duration,
+}
+
+impl IoLimits {
+    /// The same limit for reads and writes.
+    #[must_use]
+    pub fn uniform(limit: Duration) -> Self {
+        Self {
+            read: limit,
+            write: limit,
+        }
+    }
+}
+
+/// Time limits of the server's side of the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptLimits {
+    /// Longest wait for the device's first frame after the connection is
+    /// accepted: silent connections leave quickly.
+    pub hello: Duration,
+    /// Longest time from accepting to the device's verified `FINI`.
+    pub handshake: Duration,
+}
+
+impl Default for AcceptLimits {
+    fn default() -> Self {
+        Self {
+            hello: DEFAULT_HELLO_TIMEOUT,
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// How far a device has come in the server's handshake, reported to the
+/// caller of [`Session::accept`] as it happens.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A complete `HELO` arrived and its certificate verified. The name is
+    /// only *claimed*: a certificate is public.
+    Hello {
+        /// The certificate the device presented.
+        claimed: &'a CertifiedPeer,
+    },
+    /// The device's proof in `PREM` verified: it holds the key of its
+    /// certificate.
+    Proven {
+        /// The device.
+        device: &'a VerifiedPeer,
+    },
+}
 
 /// Errors of a session.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +125,21 @@ pub enum SessionError {
         /// What was awaited.
         waiting_for: &'static str,
     },
+    /// This side stopped the session (shutdown, eviction, capacity).
+    #[error("the session was stopped by this side")]
+    Stopped,
+    /// The peer's certificate expired while the session was open.
+    #[error("the other side's certificate expired during the session")]
+    PeerCertificateExpired,
     /// The peer closed the connection without `ENDD`.
     #[error("the connection ended without ENDD: the session was truncated")]
     Truncated,
+    /// The peer does not speak this protocol.
+    #[error("the other side does not speak the secured protocol (it sent {first_bytes})")]
+    NotSecured {
+        /// The first bytes received, quoted where printable.
+        first_bytes: String,
+    },
     /// A frame was oversized or cut off.
     #[error("{0}")]
     Frame(FrameError),
@@ -63,9 +152,14 @@ pub enum SessionError {
     /// A message is not allowed at this point.
     #[error("unexpected {0} message")]
     Unexpected(FrameKind),
-    /// The peer sent an alert.
+    /// The peer sent a protected (authenticated) alert.
     #[error("the other side closed the session with alert {code}: {meaning}", code = .0, meaning = .0.meaning())]
     PeerAlert(AlertCode),
+    /// The peer sent a plaintext alert after the keys were installed: it
+    /// is not authenticated (the peer could not open our records, or
+    /// someone on the path forged it), so it only ends the connection.
+    #[error("the other side closed the session with unauthenticated alert {code}: {meaning}", code = .0, meaning = .0.meaning())]
+    PlaintextAlert(AlertCode),
     /// The transport failed.
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
@@ -88,6 +182,8 @@ impl SessionError {
         match self {
             Self::Handshake(e) => e.alert(),
             Self::Timeout { .. } => Some(AlertCode::Timeout),
+            Self::Stopped => Some(AlertCode::Unavailable),
+            Self::PeerCertificateExpired => Some(AlertCode::CertificateExpired),
             Self::Frame(_) => Some(AlertCode::RecordOverflow),
             Self::Record(RecordError::TooLarge | RecordError::Exhausted) => {
                 Some(AlertCode::InternalError)
@@ -95,7 +191,24 @@ impl SessionError {
             Self::Record(_) => Some(AlertCode::BadRecordMac),
             Self::Decode(_) => Some(AlertCode::DecodeError),
             Self::Unexpected(_) => Some(AlertCode::UnexpectedMessage),
-            Self::Truncated | Self::PeerAlert(_) | Self::Io(_) => None,
+            Self::Truncated
+            | Self::NotSecured { .. }
+            | Self::PeerAlert(_)
+            | Self::PlaintextAlert(_)
+            | Self::Io(_) => None,
+        }
+    }
+
+    /// The alert the peer sent, if this error is one, and whether it was
+    /// authenticated.
+    #[must_use]
+    pub fn peer_alert(&self) -> Option<(AlertCode, bool)> {
+        match self {
+            Self::PeerAlert(code) => Some((*code, true)),
+            Self::PlaintextAlert(code) | Self::Handshake(HandshakeError::PeerAlert(code)) => {
+                Some((*code, false))
+            }
+            _ => None,
         }
     }
 }
@@ -107,8 +220,15 @@ pub struct Session<S> {
     reader: RecordReader,
     peer: VerifiedPeer,
     scratch: Vec<u8>,
+    limits: IoLimits,
+    stop: CancellationToken,
+    /// When the peer's certificate expires.
+    expires: Instant,
     sent_endd: bool,
     received_endd: bool,
+    /// A write failed or timed out: the write buffer can no longer be
+    /// trusted to drain, so nothing more is written.
+    broken: bool,
 }
 
 async fn next_frame<S>(
@@ -128,21 +248,73 @@ where
     }
 }
 
-/// Sends a plaintext alert, ignoring failures: the connection is closing.
+/// Runs one write step within `limit`, ending early if `stop` is cancelled.
+async fn bounded<T>(
+    step: impl Future<Output = Result<T, FrameError>>,
+    limit: Duration,
+    stop: &CancellationToken,
+    waiting_for: &'static str,
+) -> Result<T, SessionError> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => Err(SessionError::Stopped),
+        r = tokio::time::timeout(limit, step) => match r {
+            Ok(r) => r.map_err(SessionError::from),
+            Err(_) => Err(SessionError::Timeout { after: limit, waiting_for }),
+        },
+    }
+}
+
+/// Sends a plaintext alert and closes our sending side, within
+/// [`ALERT_WRITE_TIMEOUT`], ignoring failures: the connection is closing.
 async fn send_plain_alert<S>(framed: &mut Framed<S, FrameCodec>, code: AlertCode)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = framed.send(Message::Alert(code).to_plain_frame()).await;
-    let _ = framed.get_mut().shutdown().await;
+    let _ = tokio::time::timeout(ALERT_WRITE_TIMEOUT, async {
+        let _ = framed.send(Message::Alert(code).to_plain_frame()).await;
+        let _ = framed.get_mut().shutdown().await;
+    })
+    .await;
 }
 
-/// Runs `steps` over a new framed transport within `timeout`; on failure
-/// sends the error's alert in plaintext (keys are not confirmed yet) and
-/// closes.
+/// The first bytes of the read buffer, for telling the user what a peer
+/// that does not speak the protocol sent.
+fn describe_first_bytes(buf: &[u8]) -> String {
+    let head = &buf[..buf.len().min(16)];
+    if !head.is_empty() && head.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        format!("{:?}", String::from_utf8_lossy(head))
+    } else {
+        format!("bytes {}", hex::encode(head))
+    }
+}
+
+/// The device's first read: a server of this protocol answers with `HELO`
+/// (or an alert). Anything else, including a length over the limit, is a
+/// peer that speaks something else.
+async fn server_first_frame<S>(framed: &mut Framed<S, FrameCodec>) -> Result<Frame, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match next_frame(framed, "the server HELO").await {
+        Ok(frame) if frame.kind == FrameKind::HELO || frame.kind == FrameKind::ALRT => Ok(frame),
+        Ok(frame) => Err(SessionError::NotSecured {
+            first_bytes: describe_first_bytes(&frame.to_wire()),
+        }),
+        Err(SessionError::Frame(FrameError::TooLarge)) => Err(SessionError::NotSecured {
+            first_bytes: describe_first_bytes(framed.read_buffer()),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `steps` over a new framed transport within `timeout`, unless
+/// `interrupt` completes first; on failure sends the error's alert in
+/// plaintext (keys are not confirmed yet) and closes.
 async fn handshake<S>(
     io: S,
     timeout: Duration,
+    interrupt: impl Future<Output = ()>,
     steps: impl AsyncFnOnce(&mut Framed<S, FrameCodec>) -> Result<Established, SessionError>,
 ) -> Result<Session<S>, SessionError>
 where
@@ -150,15 +322,18 @@ where
 {
     let mut framed = Framed::new(io, FrameCodec::new());
     framed.set_backpressure_boundary(WRITE_BACKPRESSURE);
-    let result = match tokio::time::timeout(timeout, steps(&mut framed)).await {
-        Ok(r) => r,
-        Err(_) => Err(SessionError::Timeout {
-            after: timeout,
-            waiting_for: "the handshake",
-        }),
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, steps(&mut framed)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout {
+                after: timeout,
+                waiting_for: "the handshake",
+            }),
+        },
+        () = interrupt => Err(SessionError::Stopped),
     };
     match result {
-        Ok(est) => Ok(Session::new(framed, est)),
+        Ok(est) => Ok(Session::new(framed, est, IoLimits::uniform(timeout))),
         Err(e) => {
             if let Some(code) = e.alert() {
                 send_plain_alert(&mut framed, code).await;
@@ -172,19 +347,22 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Runs the device side of the handshake over `io`.
+    /// Runs the device side of the handshake over `io`. The session's I/O
+    /// limits start at `timeout`; see [`Session::set_limits`].
     ///
     /// # Errors
-    /// Any [`SessionError`]; on failure an alert has been sent when one applies.
+    /// Any [`SessionError`]; [`SessionError::NotSecured`] when the peer
+    /// answers with something that is not this protocol. On failure an
+    /// alert has been sent when one applies.
     pub async fn connect(
         io: S,
         config: DeviceConfig,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
-        handshake(io, timeout, async |framed| {
+        handshake(io, timeout, std::future::pending(), async |framed| {
             let (state, helo) = DeviceStart::new(config).start()?;
             framed.send(helo).await?;
-            let frame = next_frame(framed, "the server HELO").await?;
+            let frame = server_first_frame(framed).await?;
             let (state, frames) = state.handle(frame, SystemTime::now())?;
             for f in frames {
                 framed.feed(f).await?;
@@ -196,25 +374,38 @@ where
         .await
     }
 
-    /// Runs the server side of the handshake over `io`. `on_device` is
-    /// called once the device's certificate has verified (before its key
-    /// possession is proven), so that logs can name it early.
+    /// Runs the server side of the handshake over `io` within `limits`.
+    /// `progress` hears of each step as it happens (to name the claimed
+    /// device in logs, and to stop counting a proven device as a possible
+    /// flood). If `interrupt` completes first, the device is told
+    /// `ALRT unavailable` and [`SessionError::Stopped`] is returned.
     ///
     /// # Errors
     /// Any [`SessionError`]; on failure an alert has been sent when one applies.
     pub async fn accept(
         io: S,
         config: ServerConfig,
-        timeout: Duration,
-        on_device: impl FnOnce(&VerifiedPeer),
+        limits: AcceptLimits,
+        interrupt: impl Future<Output = ()>,
+        mut progress: impl FnMut(Progress<'_>),
     ) -> Result<Self, SessionError> {
-        handshake(io, timeout, async |framed| {
-            let frame = next_frame(framed, "the device HELO").await?;
+        handshake(io, limits.handshake, interrupt, async |framed| {
+            let frame = tokio::time::timeout(limits.hello, next_frame(framed, "the device HELO"))
+                .await
+                .map_err(|_| SessionError::Timeout {
+                    after: limits.hello,
+                    waiting_for: "the device's HELO",
+                })??;
             let (state, reply) = ExpectDeviceHelo::new(config).handle(frame, SystemTime::now())?;
-            on_device(state.device());
+            progress(Progress::Hello {
+                claimed: state.claimed(),
+            });
             framed.send(reply).await?;
             let frame = next_frame(framed, "the device PREM").await?;
             let state = state.handle(frame)?;
+            progress(Progress::Proven {
+                device: state.device(),
+            });
             let frame = next_frame(framed, "the device FINI").await?;
             let (est, fini) = state.handle(frame)?;
             framed.send(fini).await?;
@@ -223,16 +414,46 @@ where
         .await
     }
 
-    fn new(framed: Framed<S, FrameCodec>, est: Established) -> Self {
+    fn new(framed: Framed<S, FrameCodec>, est: Established, limits: IoLimits) -> Self {
+        // A certificate valid for longer than this is treated as valid for
+        // the session's whole life.
+        const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let left = est
+            .peer
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(FAR);
         Self {
             framed,
             writer: est.writer,
             reader: est.reader,
             peer: est.peer,
             scratch: Vec::with_capacity(1024),
+            limits,
+            stop: CancellationToken::new(),
+            expires: Instant::now() + left,
             sent_endd: false,
             received_endd: false,
+            broken: false,
         }
+    }
+
+    /// Sets the time limits of reads and writes from now on.
+    pub fn set_limits(&mut self, limits: IoLimits) {
+        self.limits = limits;
+    }
+
+    /// The time limits of reads and writes.
+    #[must_use]
+    pub fn limits(&self) -> IoLimits {
+        self.limits
+    }
+
+    /// Ends every wait of this session at once (with
+    /// [`SessionError::Stopped`]) when `stop` is cancelled.
+    pub fn set_stop(&mut self, stop: CancellationToken) {
+        self.stop = stop;
     }
 
     /// The verified peer.
@@ -241,39 +462,57 @@ where
         &self.peer
     }
 
-    /// Seals `msg` into the write buffer without flushing.
-    ///
-    /// # Errors
-    /// [`SessionError::Record`] for an oversize message, or I/O errors.
-    pub async fn feed(&mut self, msg: &Message) -> Result<(), SessionError> {
-        self.scratch.clear();
-        msg.encode(&mut self.scratch);
-        let record = self.writer.seal(msg.kind(), &self.scratch)?;
-        if let Err(e) = self.framed.feed(record).await {
-            return Err(self.explain_write_error(e.into()).await);
+    /// The transport underneath (e.g. to set socket options).
+    #[must_use]
+    pub fn transport(&self) -> &S {
+        self.framed.get_ref()
+    }
+
+    /// Whether a write failed or timed out (nothing more is written).
+    #[must_use]
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Marks the session broken after a failed write, and explains an I/O
+    /// failure by the alert the peer may have sent first.
+    async fn write_failed(&mut self, error: SessionError) -> SessionError {
+        self.broken = true;
+        self.explain_write_error(error).await
+    }
+
+    fn check_writable(&self) -> Result<(), SessionError> {
+        if self.broken {
+            return Err(SessionError::Io(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "an earlier write on this session failed",
+            )));
         }
         Ok(())
     }
 
-    /// Seals raw `plaintext` as a record of `kind` without flushing (the
-    /// file data path, which builds bodies without a `Message`).
+    /// Seals `msg` into the write buffer; writes to the socket only when
+    /// the buffer is over its bound.
     ///
     /// # Errors
-    /// As [`Session::feed`].
-    pub async fn feed_raw(
-        &mut self,
-        kind: FrameKind,
-        plaintext: &[u8],
-    ) -> Result<(), SessionError> {
-        let record = self.writer.seal(kind, plaintext)?;
-        if let Err(e) = self.framed.feed(record).await {
-            return Err(self.explain_write_error(e.into()).await);
+    /// [`SessionError::Record`] for an oversize message, I/O errors,
+    /// [`SessionError::Timeout`] when the peer does not take the bytes
+    /// within the write limit, [`SessionError::Stopped`].
+    pub async fn feed(&mut self, msg: &Message) -> Result<(), SessionError> {
+        self.check_writable()?;
+        self.scratch.clear();
+        msg.encode(&mut self.scratch);
+        let record = self.writer.seal(msg.kind(), &self.scratch)?;
+        let step = self.framed.feed(record);
+        if let Err(e) = bounded(step, self.limits.write, &self.stop, "the peer to read").await {
+            return Err(self.write_failed(e).await);
         }
         Ok(())
     }
 
     /// Seals several raw plaintexts as consecutive records of `kind`,
-    /// encrypted in lockstep, without flushing (the file data path).
+    /// encrypted in lockstep, into the write buffer (the file data path,
+    /// which builds bodies without a `Message`).
     ///
     /// # Errors
     /// As [`Session::feed`].
@@ -282,20 +521,24 @@ where
         kind: FrameKind,
         plaintexts: &[P],
     ) -> Result<(), SessionError> {
+        self.check_writable()?;
         let batch = self.writer.seal_batch(kind, plaintexts)?;
-        if let Err(e) = self.framed.feed(batch).await {
-            return Err(self.explain_write_error(e.into()).await);
+        let step = self.framed.feed(batch);
+        if let Err(e) = bounded(step, self.limits.write, &self.stop, "the peer to read").await {
+            return Err(self.write_failed(e).await);
         }
         Ok(())
     }
 
-    /// Flushes buffered records to the socket.
+    /// Writes buffered records to the socket.
     ///
     /// # Errors
-    /// I/O errors.
+    /// As [`Session::feed`].
     pub async fn flush(&mut self) -> Result<(), SessionError> {
-        if let Err(e) = SinkExt::<Frame>::flush(&mut self.framed).await {
-            return Err(self.explain_write_error(e.into()).await);
+        self.check_writable()?;
+        let step = SinkExt::<Frame>::flush(&mut self.framed);
+        if let Err(e) = bounded(step, self.limits.write, &self.stop, "the peer to read").await {
+            return Err(self.write_failed(e).await);
         }
         Ok(())
     }
@@ -316,38 +559,68 @@ where
         if !matches!(error, SessionError::Io(_)) {
             return error;
         }
-        match tokio::time::timeout(Duration::from_millis(500), self.recv_raw()).await {
-            Ok(Ok((FrameKind::ALRT, plain))) => match Message::decode(FrameKind::ALRT, &plain) {
-                Ok(Message::Alert(code)) => SessionError::PeerAlert(code),
-                _ => error,
-            },
+        match self
+            .recv_raw(Duration::from_millis(500))
+            .await
+            .and_then(|(kind, plain)| Ok(Message::decode(kind, &plain)?))
+        {
+            Ok(Message::Alert(code)) => SessionError::PeerAlert(code),
+            Err(e @ SessionError::PlaintextAlert(_)) => e,
             _ => error,
         }
     }
 
-    /// Receives the next record's type and plaintext, opened in place.
-    ///
-    /// # Errors
-    /// [`SessionError::Truncated`] when the stream ends without `ENDD`,
-    /// [`SessionError::Record`] for any record that fails authentication.
-    pub async fn recv_raw(&mut self) -> Result<(FrameKind, BytesMut), SessionError> {
+    /// Receives the next record's type and plaintext, opened in place,
+    /// waiting at most `limit`.
+    async fn recv_raw(&mut self, limit: Duration) -> Result<(FrameKind, BytesMut), SessionError> {
         if self.received_endd {
             return Err(SessionError::Unexpected(FrameKind::ENDD));
         }
-        let frame = next_frame(&mut self.framed, "the next record").await?;
+        let frame = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return Err(SessionError::Stopped),
+            () = tokio::time::sleep_until(self.expires) => {
+                return Err(SessionError::PeerCertificateExpired);
+            }
+            r = tokio::time::timeout(limit, next_frame(&mut self.framed, "the next record")) => {
+                r.map_err(|_| SessionError::Timeout {
+                    after: limit,
+                    waiting_for: "the next record",
+                })??
+            }
+        };
         let kind = frame.kind;
+        if kind == FrameKind::ALRT && frame.body.len() == PLAIN_ALERT_LEN {
+            // proto-spec.md §9: a 2-byte alert is plaintext at any point.
+            return match Message::decode(kind, &frame.body)? {
+                Message::Alert(code) => Err(SessionError::PlaintextAlert(code)),
+                _ => Err(SessionError::Unexpected(kind)),
+            };
+        }
         let plain = self.reader.open(frame)?;
         Ok((kind, plain))
     }
 
-    /// Receives the next message. A peer alert becomes
-    /// [`SessionError::PeerAlert`]; `ENDD` is returned as
+    /// Receives the next message, waiting at most the read limit. A peer
+    /// alert becomes [`SessionError::PeerAlert`] (or
+    /// [`SessionError::PlaintextAlert`]); `ENDD` is returned as
     /// [`Message::Endd`] and recorded.
     ///
     /// # Errors
-    /// As [`Session::recv_raw`], plus decode errors.
+    /// [`SessionError::Truncated`] when the stream ends without `ENDD`,
+    /// [`SessionError::Record`] for any record that fails authentication,
+    /// decode errors, [`SessionError::Timeout`], [`SessionError::Stopped`],
+    /// [`SessionError::PeerCertificateExpired`].
     pub async fn recv(&mut self) -> Result<Message, SessionError> {
-        let (kind, plain) = self.recv_raw().await?;
+        self.recv_within(self.limits.read).await
+    }
+
+    /// As [`Session::recv`], waiting at most `limit`.
+    ///
+    /// # Errors
+    /// As [`Session::recv`].
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Message, SessionError> {
+        let (kind, plain) = self.recv_raw(limit).await?;
         match Message::decode_owned(kind, plain)? {
             Message::Alert(code) => Err(SessionError::PeerAlert(code)),
             Message::Endd => {
@@ -377,14 +650,14 @@ where
             self.send(&Message::Endd).await?;
         }
         if !self.received_endd {
-            let reply = match tokio::time::timeout(timeout, self.recv()).await {
-                Ok(Ok(Message::Endd)) => Ok(()),
-                Ok(Ok(other)) => Err(SessionError::Unexpected(other.kind())),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(SessionError::Timeout {
-                    after: timeout,
+            let reply = match self.recv_within(timeout).await {
+                Ok(Message::Endd) => Ok(()),
+                Ok(other) => Err(SessionError::Unexpected(other.kind())),
+                Err(SessionError::Timeout { after, .. }) => Err(SessionError::Timeout {
+                    after,
                     waiting_for: "the peer's ENDD",
                 }),
+                Err(e) => Err(e),
             };
             if let Err(e) = reply {
                 // Our sending side is still open: say why we stop. A stream
@@ -400,7 +673,7 @@ where
                 return Err(e);
             }
         }
-        self.framed.get_mut().shutdown().await?;
+        self.shutdown_write().await?;
         self.drain_until_eof(timeout).await
     }
 
@@ -422,24 +695,45 @@ where
             }
             return Err(e);
         }
-        self.framed.get_mut().shutdown().await?;
-        Ok(())
+        self.shutdown_write().await
+    }
+
+    /// Closes our sending side (TCP FIN), within the write limit.
+    async fn shutdown_write(&mut self) -> Result<(), SessionError> {
+        let limit = self.limits.write;
+        match tokio::time::timeout(limit, self.framed.get_mut().shutdown()).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(SessionError::Timeout {
+                after: limit,
+                waiting_for: "the peer to read",
+            }),
+        }
     }
 
     /// After both `ENDD`s: the only acceptable thing left is the end of the
     /// stream.
     async fn drain_until_eof(&mut self, timeout: Duration) -> Result<(), SessionError> {
-        let next = tokio::time::timeout(timeout, self.framed.next())
-            .await
-            .map_err(|_| SessionError::Timeout {
-                after: timeout,
-                waiting_for: "the peer to close the connection after ENDD",
-            })?;
+        let next = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => return Err(SessionError::Stopped),
+            r = tokio::time::timeout(timeout, self.framed.next()) => {
+                r.map_err(|_| SessionError::Timeout {
+                    after: timeout,
+                    waiting_for: "the peer to close the connection after ENDD",
+                })?
+            }
+        };
         match next {
             None => Ok(()),
             Some(Err(e)) => Err(e.into()),
             Some(Ok(frame)) => {
                 let kind = frame.kind;
+                if kind == FrameKind::ALRT
+                    && frame.body.len() == PLAIN_ALERT_LEN
+                    && let Ok(Message::Alert(code)) = Message::decode(kind, &frame.body)
+                {
+                    return Err(SessionError::PlaintextAlert(code));
+                }
                 let plain = self.reader.open(frame)?;
                 match Message::decode(kind, &plain) {
                     Ok(Message::Alert(code)) => Err(SessionError::PeerAlert(code)),
@@ -449,10 +743,22 @@ where
         }
     }
 
-    /// Sends a protected alert and shuts the stream down, ignoring failures.
+    /// Sends a protected alert and closes our sending side, within
+    /// [`ALERT_WRITE_TIMEOUT`] and ignoring failures; nothing is sent on a
+    /// broken session.
     pub async fn abort(&mut self, code: AlertCode) {
-        let _ = self.send(&Message::Alert(code)).await;
-        let _ = self.framed.get_mut().shutdown().await;
+        if !self.broken {
+            self.broken = true;
+            let _ = tokio::time::timeout(ALERT_WRITE_TIMEOUT, async {
+                self.scratch.clear();
+                Message::Alert(code).encode(&mut self.scratch);
+                if let Ok(record) = self.writer.seal(FrameKind::ALRT, &self.scratch) {
+                    let _ = self.framed.send(record).await;
+                }
+                let _ = self.framed.get_mut().shutdown().await;
+            })
+            .await;
+        }
     }
 
     /// The next stream id a device should use, given the last one.

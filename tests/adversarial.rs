@@ -80,6 +80,7 @@ fn settings() -> ClientSettings {
         connect_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_millis(1500),
         reply_timeout: Duration::from_millis(1500),
+        busy_retry_for: Duration::ZERO,
     }
 }
 

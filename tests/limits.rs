@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::start_server_with;
 use futures_util::StreamExt;
-use secured::client::{ClientSettings, DeviceClient};
+use secured::client::{ClientError, ClientSettings, DeviceClient};
 use secured::frame::{FrameCodec, FrameKind};
 use secured::message::{AlertCode, Message};
 use secured::testkit::pki;
@@ -83,7 +83,7 @@ async fn a_slowloris_client_is_dropped_at_the_handshake_timeout() {
 async fn a_thousand_silent_connections_do_not_stop_a_good_device() {
     let _ = rlimit::increase_nofile_limit(4096);
     let server = start_server_with(pki().server_config(), |_| {}).await;
-    let mut silent = Vec::with_capacity(1000);
+    let mut silent: Vec<TcpStream> = Vec::with_capacity(1000);
     for _ in 0..1000 {
         silent.push(TcpStream::connect(server.addr).await.expect("connect"));
     }
@@ -94,21 +94,22 @@ async fn a_thousand_silent_connections_do_not_stop_a_good_device() {
         "a good device waited {:?}",
         started.elapsed()
     );
-    // The server holds at most `max_unauthenticated` (128) of them: the
-    // older ones were closed to make room.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut buf = [0u8; 16];
-    let closed = silent
-        .iter()
-        .filter(|s| match s.try_read(&mut buf) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        })
-        .count();
-    let open = silent.len() - closed;
+    // The server holds at most `max_unauthenticated_per_source` (32) of
+    // them from this address: the older ones were told `unavailable` and
+    // closed to make room.
+    let mut open = 0;
+    for s in silent.iter_mut() {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(Duration::from_millis(20), s.read_to_end(&mut rest)).await {
+            Ok(_) => assert_eq!(
+                rest, b"ALRT\0\0\0\x02\0\x64",
+                "an evicted connection is told why"
+            ),
+            Err(_) => open += 1,
+        }
+    }
     assert!(
-        open <= 128,
+        open <= 32,
         "{open} silent connections still held by the server"
     );
     drop(silent);
@@ -128,7 +129,10 @@ async fn the_oldest_unauthenticated_connection_is_evicted_first() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The fifth pending connection pushed the first one out.
-    assert_eq!(alert_then_close(first, Duration::from_secs(2)).await, None);
+    assert_eq!(
+        alert_then_close(first, Duration::from_secs(2)).await,
+        Some(AlertCode::Unavailable)
+    );
     // The others are still waiting for their HELO.
     let mut buf = [0u8; 1];
     let still_open =
@@ -144,16 +148,24 @@ async fn devices_over_the_session_limit_are_told_the_server_is_busy() {
         s.max_connections = 1;
     })
     .await;
-    let settings = ClientSettings::default();
+    let settings = ClientSettings {
+        busy_retry_for: Duration::from_millis(300),
+        ..ClientSettings::default()
+    };
     let addr = server.addr.to_string();
     let mut first = DeviceClient::connect(&addr, pki().device_config(), settings.clone())
         .await
         .unwrap();
-    let err = match DeviceClient::connect(&addr, pki().device_config(), settings.clone()).await {
-        Ok(mut second) => second.send_text("over the limit").await.unwrap_err(),
-        Err(e) => e,
-    };
-    assert!(err.to_string().contains("unavailable"), "{err}");
+    // The slot is taken: the second device is told `unavailable` before its
+    // handshake, retries for as long as it was told to, then gives up.
+    let err = DeviceClient::connect(&addr, pki().device_config(), settings.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, ClientError::Busy { attempts, .. } if attempts >= 2),
+        "{err}"
+    );
     first.send_text("the first one is fine").await.unwrap();
     first.close().await.unwrap();
     // The slot is free again.

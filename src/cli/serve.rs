@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::Args;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
@@ -100,6 +99,14 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
             .max_unauthenticated
             .or(f.max_unauthenticated)
             .unwrap_or(defaults.max_unauthenticated),
+        hello_timeout: f
+            .hello_timeout_secs
+            .map_or(defaults.hello_timeout, Duration::from_secs),
+        max_unauthenticated_per_source: f
+            .max_unauthenticated_per_source
+            .unwrap_or(defaults.max_unauthenticated_per_source),
+        early_drop_start: f.early_drop_start.unwrap_or(defaults.early_drop_start),
+        early_drop_percent: f.early_drop_percent.unwrap_or(defaults.early_drop_percent),
         shutdown_grace: args
             .shutdown_grace
             .or(f.shutdown_grace_secs)
@@ -119,7 +126,7 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
     }
 
     let config = load_server_config(&cert, &key, &ca)?;
-    let listener = TcpListener::bind(&listen)
+    let listener = crate::net::bind(&listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
 

@@ -12,7 +12,9 @@ use crate::crypto::kdf::{self, NONCE_LEN};
 use crate::crypto::{CryptoProvider, PreMaster};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION, Prem};
-use crate::pki::{Identity, Role, ServerName, TrustAnchor, VerifiedPeer, verify_peer};
+use crate::pki::{
+    CertifiedPeer, Identity, KeyPossession, Role, ServerName, TrustAnchor, verify_peer,
+};
 use crate::record::{RecordReader, RecordWriter};
 use zeroize::Zeroizing;
 
@@ -148,7 +150,7 @@ pub struct ExpectServerFinished {
     reader: RecordReader,
     server_finished: Zeroizing<[u8; 32]>,
     th: [u8; HASH_LEN],
-    server: VerifiedPeer,
+    server: CertifiedPeer,
 }
 
 impl ExpectServerFinished {
@@ -159,10 +161,12 @@ impl ExpectServerFinished {
     /// [`HandshakeError::FinishedFailed`], or an alert or unexpected message.
     pub fn handle(mut self, frame: Frame) -> Result<Established, HandshakeError> {
         check_finished(&mut self.reader, frame, &self.server_finished, &self.th)?;
+        // Only the holder of the server key could decrypt the pre-master
+        // that the FINI's keys derive from.
         Ok(Established {
             writer: self.writer,
             reader: self.reader,
-            peer: self.server,
+            peer: self.server.into_verified(KeyPossession::assertion()),
             version: PROTOCOL_VERSION,
         })
     }

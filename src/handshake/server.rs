@@ -14,7 +14,9 @@ use crate::crypto::kdf::{self, NONCE_LEN};
 use crate::crypto::{CryptoProvider, PreMaster, unwrap_premaster};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION};
-use crate::pki::{Identity, Role, TrustAnchor, VerifiedPeer, verify_peer};
+use crate::pki::{
+    CertifiedPeer, Identity, KeyPossession, Role, TrustAnchor, VerifiedPeer, verify_peer,
+};
 use crate::record::{RecordReader, RecordWriter};
 
 /// What a server needs to accept devices.
@@ -62,7 +64,7 @@ impl ExpectDeviceHelo {
                 offered: helo.versions,
             });
         }
-        let device = verify_peer(&self.config.anchor, &helo.cert_der, Role::Device, None, now)
+        let claimed = verify_peer(&self.config.anchor, &helo.cert_der, Role::Device, None, now)
             .map_err(|error| HandshakeError::Certificate {
                 peer: Role::Device,
                 error,
@@ -84,7 +86,7 @@ impl ExpectDeviceHelo {
         Ok((
             ExpectPrem {
                 config: self.config,
-                device,
+                claimed,
                 nonce_device: helo.nonce,
                 nonce_server: nonce,
                 transcript,
@@ -97,18 +99,19 @@ impl ExpectDeviceHelo {
 /// Waiting for the device's `PREM`.
 pub struct ExpectPrem {
     config: ServerConfig,
-    device: VerifiedPeer,
+    claimed: CertifiedPeer,
     nonce_device: [u8; NONCE_LEN],
     nonce_server: [u8; NONCE_LEN],
     transcript: Transcript,
 }
 
 impl ExpectPrem {
-    /// The device that is handshaking (certificate verified, key possession
-    /// not yet proven).
+    /// The device this connection claims to be: its certificate verified,
+    /// but a certificate is public, so possession of its key is not proven
+    /// yet. Log it as claimed, never as the device.
     #[must_use]
-    pub fn device(&self) -> &VerifiedPeer {
-        &self.device
+    pub fn claimed(&self) -> &CertifiedPeer {
+        &self.claimed
     }
 
     /// Checks the device's proof of possession and unwraps the pre-master
@@ -123,10 +126,11 @@ impl ExpectPrem {
             return Err(HandshakeError::BadDeviceProof);
         };
         let proof = device_proof_input(&self.transcript.hash(), &prem.encrypted_pre_master);
-        self.device
+        self.claimed
             .public_key()
             .pss_verify(&proof, &prem.device_signature)
             .map_err(|_| HandshakeError::BadDeviceProof)?;
+        let device = self.claimed.into_verified(KeyPossession::assertion());
 
         let provider = self.config.provider;
         let fallback = PreMaster::random(provider.random)?;
@@ -144,7 +148,7 @@ impl ExpectPrem {
             device_finished: Zeroizing::new(keys.device_finished),
             server_finished: Zeroizing::new(keys.server_finished),
             th,
-            device: self.device,
+            device,
         })
     }
 }
@@ -160,6 +164,12 @@ pub struct ExpectDeviceFinished {
 }
 
 impl ExpectDeviceFinished {
+    /// The device, which has proven that it holds its certificate's key.
+    #[must_use]
+    pub fn device(&self) -> &VerifiedPeer {
+        &self.device
+    }
+
     /// Checks the device's `FINI` and answers with the server's.
     ///
     /// # Errors

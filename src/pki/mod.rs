@@ -1,11 +1,12 @@
 //! The PKI: one private CA, server and device certificates, and the checks
-//! that turn a peer's certificate into a [`VerifiedPeer`].
+//! that turn a peer's certificate into a [`CertifiedPeer`].
 //!
 //! Where it sits in the data path: the handshake receives the peer's
 //! certificate DER in HELO and calls [`verify_peer`] with the configured
-//! [`TrustAnchor`]; only a successful call yields the [`VerifiedPeer`] proof
-//! token that the handshake's final state carries (the rustls
-//! `ServerCertVerified` idiom). Our own side is an [`Identity`] (certificate
+//! [`TrustAnchor`]; only a successful call yields a [`CertifiedPeer`] (a
+//! claimed identity), and only the handshake's proof of key possession turns
+//! it into the [`VerifiedPeer`] that the handshake's final state carries (the
+//! rustls `ServerCertVerified` idiom). Our own side is an [`Identity`] (certificate
 //! plus private key). `secured pki init` and `secured pki issue` use
 //! [`store::init`] and [`store::issue_files`], which build on the in-memory
 //! [`CertificateAuthority`].
@@ -41,4 +42,4 @@ pub use parse::MAX_CERT_LEN;
 pub use store::{
     InitOptions, IssueOptions, PkiPaths, init, issue_files, write_cert_pem, write_key_pem,
 };
-pub use verify::{VerifiedPeer, verify_peer};
+pub use verify::{CertifiedPeer, KeyPossession, VerifiedPeer, verify_peer};

@@ -1,4 +1,11 @@
-//! Peer certificate verification: the only way to obtain a [`VerifiedPeer`].
+//! Peer certificate verification: the only way to obtain a
+//! [`CertifiedPeer`], and through it a [`VerifiedPeer`].
+//!
+//! A certificate is public: passing [`verify_peer`] says who the certificate
+//! names, not that the other side holds its key. A [`CertifiedPeer`] is
+//! therefore only a *claim*; it becomes a [`VerifiedPeer`] when the
+//! handshake has seen proof of possession of the key (the device's signature
+//! in `PREM`, the server's `FINI`) and hands over a [`KeyPossession`] token.
 //!
 //! [`verify_peer`] checks, in order: size and strict DER, X.509 v3, the
 //! RSASSA-PSS-SHA256 AlgorithmIdentifier (outer and TBS), that the issuer is
@@ -22,9 +29,10 @@ use super::{CertError, Role, ServerName, TrustAnchor};
 use crate::crypto::RsaPublicKey;
 
 /// Proof that a peer certificate passed [`verify_peer`]; nothing else can
-/// build one.
+/// build one. It does not prove that the peer holds the certificate's key:
+/// treat its name as claimed until it becomes a [`VerifiedPeer`].
 #[derive(Clone)]
-pub struct VerifiedPeer {
+pub struct CertifiedPeer {
     name: String,
     public_key: Arc<dyn RsaPublicKey>,
     cert_der: Vec<u8>,
@@ -33,7 +41,14 @@ pub struct VerifiedPeer {
     not_after: SystemTime,
 }
 
-impl VerifiedPeer {
+impl CertifiedPeer {
+    /// Turns the certified claim into a verified peer, given proof that the
+    /// peer holds the certificate's key.
+    #[must_use]
+    pub fn into_verified(self, _proof: KeyPossession) -> VerifiedPeer {
+        VerifiedPeer { certified: self }
+    }
+
     /// The subject common name (for a device, a valid device name).
     #[must_use]
     pub fn name(&self) -> &str {
@@ -71,14 +86,52 @@ impl VerifiedPeer {
     }
 }
 
-impl fmt::Debug for VerifiedPeer {
+impl fmt::Debug for CertifiedPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifiedPeer")
+        f.debug_struct("CertifiedPeer")
             .field("name", &self.name)
             .field("role", &self.role)
             .field("serial", &self.serial_hex())
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
+    }
+}
+
+/// Evidence, produced by the handshake only, that the peer proved
+/// possession of its certificate's key. Built with
+/// [`KeyPossession::assertion`], called at exactly the two places that check
+/// such a proof (easy to grep for, in the manner of rustls' verification
+/// tokens).
+#[derive(Debug)]
+pub struct KeyPossession(());
+
+impl KeyPossession {
+    /// Asserts that the key-possession proof has just verified.
+    pub(crate) fn assertion() -> Self {
+        Self(())
+    }
+}
+
+/// A peer whose certificate verified *and* who proved it holds the
+/// certificate's key. Only [`CertifiedPeer::into_verified`] builds one.
+#[derive(Clone)]
+pub struct VerifiedPeer {
+    certified: CertifiedPeer,
+}
+
+impl std::ops::Deref for VerifiedPeer {
+    type Target = CertifiedPeer;
+
+    fn deref(&self) -> &CertifiedPeer {
+        &self.certified
+    }
+}
+
+impl fmt::Debug for VerifiedPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("VerifiedPeer")
+            .field(&self.certified)
+            .finish()
     }
 }
 
@@ -97,7 +150,7 @@ pub fn verify_peer(
     role: Role,
     server_name: Option<&ServerName>,
     now: SystemTime,
-) -> Result<VerifiedPeer, CertError> {
+) -> Result<CertifiedPeer, CertError> {
     if role == Role::Ca {
         return Err(CertError::CaRole);
     }
@@ -149,7 +202,7 @@ pub fn verify_peer(
         Role::Ca => return Err(CertError::CaRole),
     }
 
-    Ok(VerifiedPeer {
+    Ok(CertifiedPeer {
         name,
         public_key,
         cert_der: cert_der.to_vec(),
@@ -248,7 +301,7 @@ mod tests {
         der: &[u8],
         role: Role,
         name: Option<&ServerName>,
-    ) -> Result<VerifiedPeer, CertError> {
+    ) -> Result<CertifiedPeer, CertError> {
         verify_peer(&fixture().anchor, der, role, name, now())
     }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use secured::frame::{Frame, FrameCodec};
 use secured::handshake::ServerConfig;
-use secured::server::{self, ServerSettings};
+use secured::server::{Server, ServerSettings};
+use secured::service::{Event, Events};
 use secured::testkit::pki;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -23,9 +24,15 @@ pub struct TestServer {
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<std::io::Result<()>>,
     pub data_dir: tempfile::TempDir,
+    pub events: Events,
 }
 
 impl TestServer {
+    /// A watcher of the server's events from now on.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -52,13 +59,53 @@ pub async fn start_server_with(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server::run(listener, config, settings, shutdown.clone()));
+    let server = Server::new(config, settings);
+    let events = server.events().clone();
+    let handle = tokio::spawn(server.run(listener, shutdown.clone()));
     TestServer {
         addr,
         shutdown,
         handle,
         data_dir,
+        events,
     }
+}
+
+/// Waits (at most `within`) for the next event that `pick` selects,
+/// skipping the others; `None` if none came in time.
+pub async fn next_event<T>(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> Option<T> {
+    tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(e) {
+                        return Some(t);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Waits for the end of the next connection and says how it ended.
+pub async fn next_ending(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+) -> Option<(Option<String>, secured::service::Ending)> {
+    next_event(rx, within, |e| match e {
+        Event::Closed { device, ending, .. } => Some((device, ending)),
+        _ => None,
+    })
+    .await
 }
 
 /// What the proxy does to the device → server frame with a given index

@@ -1,0 +1,469 @@
+//! The daemon: accepts connections, admits them to the handshake, runs one
+//! task per session, and hands each message to its service
+//! ([`crate::service`]).
+//!
+//! The listener is bound by the caller (the binary binds the configured
+//! address with [`crate::net::bind`], tests bind `127.0.0.1:0`).
+//!
+//! Resource limits (proto-spec.md §10):
+//! * connections in the handshake are bounded by [`admission`]: per source
+//!   address and in all, with silent connections evicted first, random
+//!   early drop under load, a short deadline for the first frame, and a
+//!   device that proved its key out of reach of any of it;
+//! * at most `max_connections` sessions; a device over the limit is told
+//!   `ALRT unavailable` (before its handshake when the limit is already
+//!   reached, so it costs no RSA operation);
+//! * every wait on a peer, read or write, has a deadline (the idle
+//!   timeout after the handshake): a device that stops reading is cut off
+//!   like one that stops writing, and the kernel is told to reset such a
+//!   connection rather than keep its unsent data;
+//! * frames, records and queues are bounded in size, so one connection holds
+//!   at most about 2 MiB (a frame being read, at most 24 chunks of a file
+//!   queued for the disk writer, and the write buffer); an idle session
+//!   holds about 25 KiB.
+//!
+//! Shutdown is a [`CancellationToken`]: the accept loop stops, handshakes
+//! and idle sessions are closed with `ALRT unavailable`, and sessions in the
+//! middle of a file may finish it within the grace period; after it, every
+//! wait of every session ends at once and they are closed too (their
+//! temporary files are removed). [`Server::run`] returns once every task
+//! ended.
+
+pub mod admission;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use self::admission::{Admission, AdmissionLimits, Ticket};
+use crate::handshake::ServerConfig;
+use crate::message::{AlertCode, Message};
+use crate::service::{self, Context, Ending, Event, Events, Reply, SessionState};
+use crate::session::{
+    AcceptLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, IoLimits, Progress, Session,
+    SessionError,
+};
+use crate::store::{Cleanup, Store};
+use crate::transfer::UploadLimits;
+
+/// Operational limits of the daemon.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Limit for a whole handshake.
+    pub handshake_timeout: Duration,
+    /// Limit for the first frame of a connection.
+    pub hello_timeout: Duration,
+    /// Limit for any wait on an established session's peer: silence
+    /// between messages, and a peer that does not take what is sent.
+    pub idle_timeout: Duration,
+    /// Most authenticated sessions at once.
+    pub max_connections: usize,
+    /// Most connections still in the handshake; see [`admission`].
+    pub max_unauthenticated: usize,
+    /// Most connections in the handshake from one source address.
+    pub max_unauthenticated_per_source: usize,
+    /// Connections in the handshake from which new ones may be refused at random.
+    pub early_drop_start: usize,
+    /// Chance, in percent, of that refusal at `early_drop_start`.
+    pub early_drop_percent: u8,
+    /// How long transfers in flight may go on after shutdown was requested.
+    pub shutdown_grace: Duration,
+    /// Where received data is stored, one folder per device.
+    pub data_dir: PathBuf,
+    /// Limits of file uploads.
+    pub uploads: UploadLimits,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        let admission = AdmissionLimits::default();
+        Self {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+            max_unauthenticated: admission.max_pending,
+            max_unauthenticated_per_source: admission.max_pending_per_source,
+            early_drop_start: admission.early_drop_start,
+            early_drop_percent: admission.early_drop_percent,
+            shutdown_grace: Duration::from_secs(30),
+            data_dir: PathBuf::from("data"),
+            uploads: UploadLimits::default(),
+        }
+    }
+}
+
+impl ServerSettings {
+    fn admission(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            max_pending: self.max_unauthenticated,
+            max_pending_per_source: self.max_unauthenticated_per_source,
+            early_drop_start: self.early_drop_start,
+            early_drop_percent: self.early_drop_percent,
+        }
+    }
+}
+
+/// A server, before it runs: configuration, settings, and the event
+/// channel anyone can watch ([`Server::events`]).
+pub struct Server {
+    config: ServerConfig,
+    settings: ServerSettings,
+    events: Events,
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled; see
+/// [`Server::run`].
+///
+/// # Errors
+/// As [`Server::run`].
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    Server::new(config, settings).run(listener, shutdown).await
+}
+
+impl Server {
+    /// A server with this identity and these settings.
+    #[must_use]
+    pub fn new(config: ServerConfig, settings: ServerSettings) -> Self {
+        Self {
+            config,
+            settings,
+            events: Events::default(),
+        }
+    }
+
+    /// What the server does, as it happens ([`Event`]s).
+    #[must_use]
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Serves connections from `listener` until `shutdown` is cancelled.
+    ///
+    /// The data folder is opened first, and what interrupted transfers left
+    /// there is removed.
+    ///
+    /// # Errors
+    /// The data folder cannot be created or read. Accept failures (such as
+    /// running out of file descriptors) are logged and retried after a pause.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let (store, cleanup) = Store::open(&self.settings.data_dir)?;
+        if cleanup != Cleanup::default() {
+            info!(
+                partial_files = cleanup.partial_files,
+                orphan_records = cleanup.orphan_records,
+                "removed what interrupted transfers left behind"
+            );
+        }
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config: self.config,
+            admission: Admission::new(self.settings.admission()),
+            sessions: Arc::new(Semaphore::new(self.settings.max_connections.max(1))),
+            settings: self.settings,
+            store,
+            events: self.events,
+            shutdown: shutdown.clone(),
+            stop: stop.clone(),
+        });
+        let tracker = TaskTracker::new();
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, provider = shared.config.provider.name, "listening");
+        }
+        loop {
+            let (socket, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed; pausing");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let Some(ticket) = shared.admit(&socket, peer) else {
+                continue;
+            };
+            let span = info_span!(
+                "conn",
+                %peer,
+                claimed = tracing::field::Empty,
+                device = tracing::field::Empty
+            );
+            let shared = shared.clone();
+            tracker.spawn(
+                async move { serve_connection(socket, peer, ticket, &shared).await }
+                    .instrument(span),
+            );
+        }
+        drop(listener);
+        tracker.close();
+        let grace = shared.settings.shutdown_grace;
+        info!(
+            sessions = tracker.len(),
+            grace_secs = grace.as_secs(),
+            "no longer accepting connections; letting transfers in flight finish"
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(
+                sessions = tracker.len(),
+                "grace period over; closing the remaining sessions"
+            );
+            stop.cancel();
+            tracker.wait().await;
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    config: ServerConfig,
+    settings: ServerSettings,
+    store: Store,
+    events: Events,
+    admission: Arc<Admission>,
+    /// Authenticated session slots.
+    sessions: Arc<Semaphore>,
+    /// Graceful shutdown requested: no new work.
+    shutdown: CancellationToken,
+    /// The grace period is over: stop now.
+    stop: CancellationToken,
+}
+
+impl Shared {
+    /// Admits a newly accepted connection to the handshake, or refuses it
+    /// on the spot with a plaintext `ALRT unavailable` (one small write
+    /// into an empty socket buffer: it never blocks) and closes it.
+    fn admit(&self, socket: &TcpStream, peer: SocketAddr) -> Option<Ticket> {
+        let refusal = if self.sessions.available_permits() == 0 {
+            Err("every session slot is taken")
+        } else {
+            self.admission.admit(peer.ip()).map_err(|r| r.as_str())
+        };
+        match refusal {
+            Ok(ticket) => Some(ticket),
+            Err(reason) => {
+                debug!(%peer, reason, "connection refused");
+                let _ = socket.try_write(
+                    &Message::Alert(AlertCode::Unavailable)
+                        .to_plain_frame()
+                        .to_wire(),
+                );
+                self.events.publish(Event::Closed {
+                    peer,
+                    device: None,
+                    ending: Ending::Alert(AlertCode::Unavailable),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// One connection: the handshake under admission control, then the session.
+async fn serve_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    mut ticket: Ticket,
+    shared: &Shared,
+) {
+    crate::net::tune(&socket, shared.settings.idle_timeout);
+    debug!("connection accepted");
+    let span = tracing::Span::current();
+    let limits = AcceptLimits {
+        hello: shared.settings.hello_timeout,
+        handshake: shared.settings.handshake_timeout,
+    };
+    let interrupt = async {
+        tokio::select! {
+            () = ticket.evicted() => {}
+            () = shared.shutdown.cancelled() => {}
+        }
+    };
+    let pool = &ticket;
+    let accepted =
+        Session::accept(
+            socket,
+            shared.config.clone(),
+            limits,
+            interrupt,
+            |step| match step {
+                Progress::Hello { claimed } => {
+                    span.record("claimed", claimed.name());
+                    pool.hello();
+                }
+                Progress::Proven { device } => {
+                    span.record("device", device.name());
+                }
+            },
+        )
+        .await;
+    let mut session = match accepted {
+        Ok(s) => s,
+        Err(e) => {
+            let ending = match &e {
+                SessionError::Stopped if ticket.is_evicted() => {
+                    warn!("evicted to make room for a newer connection");
+                    Ending::Alert(AlertCode::Unavailable)
+                }
+                SessionError::Stopped => {
+                    debug!("shutting down during the handshake");
+                    Ending::Alert(AlertCode::Unavailable)
+                }
+                other => {
+                    warn!(error = %other, "handshake failed");
+                    ending_of(other)
+                }
+            };
+            shared.events.publish(Event::Closed {
+                peer,
+                device: None,
+                ending,
+            });
+            return;
+        }
+    };
+    // The device proved its key: it leaves the pool of pending handshakes.
+    ticket.release();
+    let device = session.peer().name().to_owned();
+    let ending = match shared.sessions.clone().try_acquire_owned() {
+        Ok(slot) => {
+            info!(serial = %session.peer().serial_hex(), "device authenticated");
+            session.set_limits(IoLimits::uniform(shared.settings.idle_timeout));
+            session.set_stop(shared.stop.clone());
+            serve_session(&mut session, shared, slot).await
+        }
+        Err(_) => {
+            warn!(
+                max_connections = shared.settings.max_connections,
+                "at capacity; refusing the session"
+            );
+            session.abort(AlertCode::Unavailable).await;
+            Ending::Alert(AlertCode::Unavailable)
+        }
+    };
+    if session.is_broken() {
+        crate::net::reset_on_close(session.transport());
+    }
+    shared.events.publish(Event::Closed {
+        peer,
+        device: Some(device),
+        ending,
+    });
+}
+
+/// How a session error ends the connection.
+fn ending_of(e: &SessionError) -> Ending {
+    if let Some((code, authenticated)) = e.peer_alert() {
+        return Ending::PeerAlert {
+            code,
+            authenticated,
+        };
+    }
+    match e {
+        SessionError::Truncated => Ending::Truncated,
+        other => other.alert().map_or(Ending::Failed, Ending::Alert),
+    }
+}
+
+/// Serves an established session until it ends; returns how it ended.
+async fn serve_session(
+    session: &mut Session<TcpStream>,
+    shared: &Shared,
+    _slot: OwnedSemaphorePermit,
+) -> Ending {
+    let mut state = SessionState::default();
+    loop {
+        // Once shutdown is requested, a session goes on only while a file
+        // is in flight, and never past the grace period (the stop token
+        // ends every wait then).
+        let draining = shared.shutdown.is_cancelled();
+        if draining && !state.upload_in_progress() {
+            info!("server shutting down; closing the session");
+            session.abort(AlertCode::Unavailable).await;
+            return Ending::Alert(AlertCode::Unavailable);
+        }
+        let next = tokio::select! {
+            r = session.recv() => r,
+            () = shared.shutdown.cancelled(), if !draining && !state.upload_in_progress() => continue,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => return fail(session, &e).await,
+        };
+        if let Message::Endd = msg {
+            if let Some(ack) = state.end()
+                && let Err(e) = session.send(&ack).await
+            {
+                return fail(session, &e).await;
+            }
+            return match session.finish_close(shared.settings.idle_timeout).await {
+                Ok(()) => {
+                    info!("session closed");
+                    Ending::Clean
+                }
+                Err(e) => {
+                    warn!(error = %e, "the device did not end the session cleanly after ENDD");
+                    ending_of(&e)
+                }
+            };
+        }
+        let cx = Context {
+            device: session.peer(),
+            store: &shared.store,
+            uploads: &shared.settings.uploads,
+            events: &shared.events,
+            draining,
+        };
+        let result = match service::dispatch(msg, &mut state, &cx).await {
+            Reply::None => Ok(()),
+            Reply::Send(reply) => session.send(&reply).await,
+            Reply::Close(code, reason) => {
+                warn!(alert = %code, reason, "closing the session");
+                session.abort(code).await;
+                return Ending::Alert(code);
+            }
+        };
+        if let Err(e) = result {
+            return fail(session, &e).await;
+        }
+    }
+}
+
+/// Reports a session error, tells the device why when an alert applies,
+/// and returns how the session ended.
+async fn fail(session: &mut Session<TcpStream>, e: &SessionError) -> Ending {
+    match e {
+        SessionError::Truncated => warn!("session truncated: the connection closed without ENDD"),
+        SessionError::Stopped => warn!("grace period over; closing the session"),
+        other => match other.peer_alert() {
+            Some((code, authenticated)) => {
+                warn!(alert = %code, authenticated, "device sent an alert");
+            }
+            None => warn!(error = %other, "session failed"),
+        },
+    }
+    if let Some(code) = e.alert() {
+        session.abort(code).await;
+    }
+    ending_of(e)
+}
