@@ -18,6 +18,8 @@ const KEEPALIVE_TIME: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the kernel drops the connection.
 const KEEPALIVE_RETRIES: u32 = 5;
+/// How much longer than the session the kernel waits for a peer.
+const USER_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Binds a listener on `addr` (`host:port`; the first address it resolves
 /// to) with a backlog sized for bursts.
@@ -39,11 +41,12 @@ pub async fn bind(addr: &str) -> io::Result<TcpListener> {
 }
 
 /// Sets the options every connection gets: no Nagle delay (records are
-/// small and latency matters), TCP keepalive, and `TCP_USER_TIMEOUT` =
-/// `write_timeout`, so the kernel drops a connection whose sent data stays
-/// unacknowledged (a peer that vanished, or one that keeps a zero window)
-/// as the session itself would. Failures are ignored: these are
-/// refinements, and the session's own deadlines still hold.
+/// small and latency matters), TCP keepalive, and `TCP_USER_TIMEOUT`, so
+/// the kernel drops a connection whose sent data stays unacknowledged (a
+/// peer that vanished, or one that keeps a zero window) shortly after the
+/// session's own `write_timeout` would have: the session's deadline fires
+/// first and says what happened; the kernel's is the backstop. Failures are
+/// ignored: these are refinements, and the session's deadlines still hold.
 pub fn tune(stream: &TcpStream, write_timeout: Duration) {
     let sock = SockRef::from(stream);
     let _ = sock.set_tcp_nodelay(true);
@@ -56,7 +59,7 @@ pub fn tune(stream: &TcpStream, write_timeout: Duration) {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_RETRIES);
     let _ = sock.set_tcp_keepalive(&keepalive);
-    let _ = sock.set_tcp_user_timeout(Some(write_timeout));
+    let _ = sock.set_tcp_user_timeout(Some(write_timeout + USER_TIMEOUT_MARGIN));
 }
 
 /// Makes closing `stream` reset the connection at once instead of leaving
