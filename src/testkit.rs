@@ -230,3 +230,105 @@ impl TestPki {
         }
     }
 }
+
+/// A device that completes the handshake by hand, pausing `pause` between
+/// the server's `HELO` and its own `PREM` (a slow signature or a slow
+/// link), all within `limit`. Used to check that a flood does not evict
+/// devices that are making progress.
+///
+/// # Errors
+/// What went wrong, as text (a refusal, an alert, a timeout).
+pub async fn handshake_with_pause(
+    addr: std::net::SocketAddr,
+    config: DeviceConfig,
+    pause: Duration,
+    limit: Duration,
+) -> Result<(), String> {
+    use futures_util::{SinkExt, StreamExt};
+
+    use crate::frame::FrameCodec;
+    use crate::handshake::DeviceStart;
+
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new());
+        let (state, helo) = DeviceStart::new(config).start().map_err(|e| e.to_string())?;
+        framed.send(helo).await.map_err(|e| e.to_string())?;
+        let reply = framed
+            .next()
+            .await
+            .ok_or("closed before the server HELO")?
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(pause).await;
+        let (state, frames) = state
+            .handle(reply, SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        for f in frames {
+            framed.feed(f).await.map_err(|e| e.to_string())?;
+        }
+        SinkExt::<crate::frame::Frame>::flush(&mut framed)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fini = framed
+            .next()
+            .await
+            .ok_or("closed before the server FINI")?
+            .map_err(|e| e.to_string())?;
+        state.handle(fini).map(|_| ()).map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| format!("no handshake within {limit:?}"))?
+}
+
+/// What [`flood`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FloodStats {
+    /// Connections made.
+    pub connections: u64,
+    /// Of those, connections that sent garbage and went away.
+    pub garbage: u64,
+}
+
+/// Opens connections to `addr` from `source` as fast as it can until
+/// `until`: every other one stays silent (at most `hold` are kept open, the
+/// oldest dropped first), the others send a few bytes of garbage and close.
+/// Bounded by `until`; loopback only.
+pub async fn flood(
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    until: std::time::Instant,
+    hold: usize,
+) -> FloodStats {
+    use tokio::io::AsyncWriteExt;
+
+    let mut stats = FloodStats::default();
+    let mut silent = std::collections::VecDeque::with_capacity(hold);
+    while std::time::Instant::now() < until {
+        let socket = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        let Ok(socket) = socket else { break };
+        if socket.bind((source, 0).into()).is_err() {
+            break;
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let Ok(Ok(mut stream)) = tokio::time::timeout(left, socket.connect(addr)).await else {
+            continue;
+        };
+        stats.connections += 1;
+        if stats.connections % 2 == 0 {
+            let _ = stream.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\xff").await;
+            stats.garbage += 1;
+        } else {
+            if silent.len() >= hold {
+                silent.pop_front();
+            }
+            silent.push_back(stream);
+        }
+    }
+    stats
+}
