@@ -4,7 +4,7 @@ OpenSSH on loopback. Run it through bench/compare.sh, which installs the
 peers and builds the binaries first.
 
     bench/compare.sh                      # RUNS (default 3) runs of everything, 1 GiB
-    bench/compare.sh --quick              # 1 run, 256 MiB, 3 s handshakes, 200 sessions
+    bench/compare.sh --quick              # 1 run, 256 MiB, 3 s handshakes, 1000 sessions
     bench/compare.sh --only secured,tls12-python --runs 5 --size 512MiB
 
 Everything listens on and connects to 127.0.0.1 only. Every key, config and
@@ -498,13 +498,13 @@ def ssh_cmd(env, remote, verbose=False):
 
 
 class SecuredServer:
-    def __init__(self, env, tag, crypto="aws-lc"):
+    def __init__(self, env, tag, crypto="aws-lc", extra=()):
         self.data = Path(tempfile.mkdtemp(prefix=f"data-{tag}-", dir=env.shm))
         self.log = env.tmp / f"serve-{tag}.log"
         self.proc = spawn(
             [SECURED, "--crypto", crypto, "serve", "--listen", "127.0.0.1:0", "--cert", env.certs / "server.pem",
              "--key", env.keys / "server.key", "--ca", env.certs / "ca.pem", "--data-dir", self.data,
-             "--log-format", "json"],
+             "--log-format", "json", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
         )
         self.addr = None
@@ -703,7 +703,8 @@ def m_records(env):
 
 
 def m_sessions(env):
-    server = SecuredServer(env, "sessions")
+    # Room for every session: the burst itself is what is measured.
+    server = SecuredServer(env, "sessions", extra=["--max-connections", str(env.sessions + 64)])
     load = None
     try:
         time.sleep(0.2)
@@ -864,11 +865,11 @@ def build_report(env, results):
         failed = sum(r["failed"] for r in runs)
         opened = min(r["opened"] for r in runs)
         ok = failed == 0 and opened == env.sessions
-        note = "" if env.sessions == 1000 else f" (only {env.sessions:,} sessions, not 1,000)"
-        checks.append(f"- 1,000 concurrent sessions with zero failures: **{'PASS' if ok else 'MISS'}**, "
+        note = "" if env.sessions == 10000 else f" (only {env.sessions:,} sessions, not 10,000)"
+        checks.append(f"- 10,000 concurrent sessions in one burst with zero failures: **{'PASS' if ok else 'MISS'}**, "
                       f"{failed} failed in {n} run(s), server peak {mib(max(r['rss'] for r in runs))}{note}")
     else:
-        checks.append("- 1,000 concurrent sessions with zero failures: not measured")
+        checks.append("- 10,000 concurrent sessions in one burst with zero failures: not measured")
 
     notes = [
         f"MB = 10^6 bytes; {env.size:,} bytes ({env.size / MIB:.0f} MiB) of random data from the page cache; "
@@ -940,7 +941,7 @@ def parse_args(argv):
     p.add_argument("--only", help="comma-separated subset of: " + ", ".join(NAMES))
     p.add_argument("--quick", action="store_true", help="--runs 1 --size 256MiB, 3 s handshakes, 200 sessions")
     p.add_argument("--handshake-seconds", type=int, help="duration of each handshake run (default 10)")
-    p.add_argument("--sessions", type=int, help="concurrent sessions (default 1000)")
+    p.add_argument("--sessions", type=int, help="concurrent sessions (default 10000)")
     # The Python ssl harness's server side (internal).
     p.add_argument("--tls-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tls", choices=["1.2", "1.3"], help=argparse.SUPPRESS)
@@ -953,7 +954,7 @@ def parse_args(argv):
     args.runs = args.runs or (1 if args.quick else int(env_runs) if env_runs else 3)
     args.size = args.size or (256 * MIB if args.quick else 1 << 30)
     args.handshake_seconds = args.handshake_seconds or (3 if args.quick else 10)
-    args.sessions = args.sessions or (200 if args.quick else 1000)
+    args.sessions = args.sessions or (1000 if args.quick else 10000)
     if not 1 <= args.runs <= 50:
         p.error("--runs must be between 1 and 50")
     if not 1 <= args.handshake_seconds <= 600:
@@ -978,7 +979,7 @@ def main(argv):
         return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
-    # 1,000 sessions need more than the usual 1,024 descriptors; children inherit it.
+    # 10,000 sessions need more than the usual 1,024 descriptors; children inherit it.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     try:

@@ -13,6 +13,15 @@
 //!   input or 120 s pass, then closes each with `ENDD` and prints
 //!   `closed=N close_failed=F`.
 //!
+//! * `flood` opens connections that never complete a handshake, as fast as
+//!   it can, from `--source` (a loopback address, 127.0.0.2 by default, so
+//!   the server sees another client), for `--seconds`: half stay silent
+//!   (up to `--hold` open at once), half send garbage and close. It prints
+//!   `flood connections=N garbage=G`.
+//! * `paused` starts a device every `--every` seconds for `--seconds`, each
+//!   pausing `--pause` seconds between the server's `HELO` and its `PREM`,
+//!   and prints `paused attempted=N completed=K` once all have finished.
+//!
 //! Failures are counted, the first three are printed to standard error, and
 //! the exit status stays 0: the caller reads the counts. Every loop is
 //! bounded by a count or a deadline. Point `--server` at a loopback address
@@ -20,8 +29,12 @@
 //!
 //! ```text
 //! cargo run --release --example load -- handshakes --server 127.0.0.1:7443 --seconds 10
-//! cargo run --release --example load -- sessions --server 127.0.0.1:7443 --count 1000
+//! cargo run --release --example load -- sessions --server 127.0.0.1:7443 --count 10000
+//! cargo run --release --example load -- flood --server 127.0.0.1:7443 --seconds 10
 //! ```
+//!
+//! It needs the crate's `test-support` feature (`--features test-support`),
+//! which holds the flooder and the paused device.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -73,6 +86,35 @@ enum Command {
         /// Number of sessions to open concurrently.
         #[arg(long)]
         count: usize,
+    },
+    /// Connections that never complete a handshake, as fast as possible.
+    Flood {
+        /// Server address, host:port (loopback).
+        #[arg(long, value_name = "ADDR")]
+        server: String,
+        /// Loopback address to send from.
+        #[arg(long, default_value = "127.0.0.2", value_name = "IP")]
+        source: std::net::IpAddr,
+        /// How long, in seconds (at most 600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Silent connections held open at once.
+        #[arg(long, default_value_t = 512)]
+        hold: usize,
+    },
+    /// Devices that pause between the server's HELO and their PREM.
+    Paused {
+        #[command(flatten)]
+        conn: Conn,
+        /// The pause, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        pause: f64,
+        /// Seconds between two devices.
+        #[arg(long, default_value_t = 0.25)]
+        every: f64,
+        /// How long to keep starting devices, in seconds (at most 600).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
 }
 
@@ -142,6 +184,8 @@ impl Failures {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Thousands of sessions need more than the usual 1,024 descriptors.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,6 +201,18 @@ fn main() -> ExitCode {
             Command::Handshakes { conn, seconds } => handshakes(&conn, seconds).await,
             Command::Sessions { conn, count } => sessions(&conn, count).await,
             Command::Records { seconds } => records(seconds),
+            Command::Flood {
+                server,
+                source,
+                seconds,
+                hold,
+            } => flood(&server, source, seconds, hold).await,
+            Command::Paused {
+                conn,
+                pause,
+                every,
+                seconds,
+            } => paused(&conn, pause, every, seconds).await,
         }
     });
     // Do not wait for the stdin reader thread, if it is still blocked.
@@ -354,5 +410,72 @@ async fn sessions(conn: &Conn, count: usize) -> Result<(), String> {
         }
     }
     println!("closed={closed} close_failed={}", close_failures.get());
+    Ok(())
+}
+
+fn seconds_in(name: &str, value: f64, max: f64) -> Result<Duration, String> {
+    if value > 0.0 && value <= max {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("--{name} must be in (0, {max}], not {value}"))
+    }
+}
+
+async fn flood(
+    server: &str,
+    source: std::net::IpAddr,
+    seconds: f64,
+    hold: usize,
+) -> Result<(), String> {
+    let limit = seconds_in("seconds", seconds, 600.0)?;
+    let addr: std::net::SocketAddr = server
+        .parse()
+        .map_err(|e| format!("--server must be IP:PORT: {e}"))?;
+    if !addr.ip().is_loopback() || !source.is_loopback() {
+        return Err("the flood stays on loopback: --server and --source must be 127.x.x.x".into());
+    }
+    let stats = secured::testkit::flood(addr, source, Instant::now() + limit, hold).await;
+    println!(
+        "flood connections={} garbage={}",
+        stats.connections, stats.garbage
+    );
+    Ok(())
+}
+
+async fn paused(conn: &Conn, pause: f64, every: f64, seconds: f64) -> Result<(), String> {
+    let pause = if pause == 0.0 {
+        Duration::ZERO
+    } else {
+        seconds_in("pause", pause, 30.0)?
+    };
+    let every = seconds_in("every", every, 60.0)?;
+    let limit = seconds_in("seconds", seconds, 600.0)?;
+    let addr: std::net::SocketAddr = conn
+        .server
+        .parse()
+        .map_err(|e| format!("--server must be IP:PORT: {e}"))?;
+    let config = conn.device_config()?;
+    let failures = Failures::default();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    while started.elapsed() < limit {
+        tasks.push(tokio::spawn(secured::testkit::handshake_with_pause(
+            addr,
+            config.clone(),
+            pause,
+            pause + Duration::from_secs(15),
+        )));
+        tokio::time::sleep(every).await;
+    }
+    let attempted = tasks.len();
+    let mut completed = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => completed += 1,
+            Ok(Err(e)) => failures.record("device", &e),
+            Err(e) => failures.record("device task", &e),
+        }
+    }
+    println!("paused attempted={attempted} completed={completed}");
     Ok(())
 }

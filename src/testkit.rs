@@ -254,7 +254,9 @@ pub async fn handshake_with_pause(
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new());
-        let (state, helo) = DeviceStart::new(config).start().map_err(|e| e.to_string())?;
+        let (state, helo) = DeviceStart::new(config)
+            .start()
+            .map_err(|e| e.to_string())?;
         framed.send(helo).await.map_err(|e| e.to_string())?;
         let reply = framed
             .next()

@@ -7,12 +7,17 @@
 //! its key (the signature in `PREM`); then it leaves the pool, so a device
 //! that has shown it is real is never evicted. Within the pool, a connection
 //! that has sent a complete `HELO` with a valid certificate is *making
-//! progress*; one that has not is *silent*. The rules, for a new connection:
+//! progress* and is never evicted either; the others are *evictable*,
+//! judged by what waits in their socket unread (so a device whose `HELO`
+//! has arrived but not been read yet is not mistaken for a silent one):
+//! first those that have sent nothing at all, then those whose first bytes
+//! cannot start a `HELO`, then those whose `HELO` is still arriving, oldest
+//! first within each. The rules, for a new connection:
 //!
 //! 1. If its source address already has `max_pending_per_source` pending,
-//!    the oldest silent one from that address makes room; if there is none,
-//!    the new connection is refused.
-//! 2. If `max_pending` are pending, the oldest silent one (from anywhere)
+//!    the first evictable one from that address makes room; if there is
+//!    none, the new connection is refused.
+//! 2. If `max_pending` are pending, the first evictable one (from anywhere)
 //!    makes room; if there is none, the new connection is refused.
 //! 3. Otherwise, from `early_drop_start` pending on, a new connection is
 //!    refused with a probability rising linearly from `early_drop_percent`
@@ -24,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -83,6 +89,35 @@ struct Pending {
     source: IpAddr,
     hello: bool,
     evict: CancellationToken,
+    /// A second handle on the connection's socket, to see whether anything
+    /// arrived that its task has not read yet.
+    probe: Option<std::net::TcpStream>,
+}
+
+impl Pending {
+    /// How much this connection has shown it may be a device, judged from
+    /// the bytes waiting in its socket that its task has not read yet:
+    /// 0 = nothing at all (or the peer closed), 1 = bytes that cannot start
+    /// a `HELO` frame, 2 = the start of a `HELO` frame.
+    fn promise(&self) -> u8 {
+        let Some(probe) = &self.probe else {
+            return 0;
+        };
+        let mut head = [0u8; 4];
+        // The socket is non-blocking (its file description is shared with
+        // the connection's own handle): no data is WouldBlock, and a closed
+        // peer is Ok(0); either way it has nothing to say.
+        match probe.peek(&mut head) {
+            Ok(n) if n > 0 => {
+                if b"HELO".starts_with(&head[..n.min(4)]) {
+                    2
+                } else {
+                    1
+                }
+            }
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -108,9 +143,24 @@ impl State {
         p
     }
 
-    /// Evicts the oldest silent connection that `pick` accepts.
+    /// Evicts the first evictable connection that `pick` accepts: the
+    /// oldest that sent nothing; else the oldest that sent something that
+    /// is not a `HELO`; else the oldest whose `HELO` is still arriving.
     fn evict_oldest_silent(&mut self, pick: impl Fn(&Pending) -> bool) -> bool {
-        match self.pending.iter().position(|p| !p.hello && pick(p)) {
+        let mut victim: Option<(u8, usize)> = None;
+        for (i, p) in self.pending.iter().enumerate() {
+            if p.hello || !pick(p) {
+                continue;
+            }
+            let promise = p.promise();
+            if victim.is_none_or(|(best, _)| promise < best) {
+                victim = Some((promise, i));
+            }
+            if promise == 0 {
+                break;
+            }
+        }
+        match victim.map(|(_, i)| i) {
             Some(index) => {
                 self.remove_at(index).evict.cancel();
                 self.evicted_since_report += 1;
@@ -162,8 +212,15 @@ impl Admission {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a new connection from `source`, or says why not.
-    pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Ticket, Refusal> {
+    /// Admits a new connection from `source`, or says why not. `probe` is a
+    /// second handle on its socket (see [`Pending`]); without one, the
+    /// connection counts as having sent nothing.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        source: IpAddr,
+        probe: Option<OwnedFd>,
+    ) -> Result<Ticket, Refusal> {
+        let probe = probe.map(std::net::TcpStream::from);
         let limits = self.limits;
         let mut st = self.lock();
         let result = Self::decide(&mut st, &limits, source);
@@ -177,6 +234,7 @@ impl Admission {
                     source,
                     hello: false,
                     evict: evict.clone(),
+                    probe,
                 });
                 *st.per_source.entry(source).or_insert(0) += 1;
                 if st.evicted_since_report > 0 && st.pending.len() >= limits.max_pending {
@@ -311,10 +369,10 @@ mod tests {
     #[test]
     fn silent_connections_make_room_oldest_first() {
         let pool = Admission::new(limits(3, 3));
-        let a = pool.admit(ip(1)).unwrap();
-        let b = pool.admit(ip(2)).unwrap();
-        let c = pool.admit(ip(3)).unwrap();
-        let d = pool.admit(ip(4)).unwrap();
+        let a = pool.admit(ip(1), None).unwrap();
+        let b = pool.admit(ip(2), None).unwrap();
+        let c = pool.admit(ip(3), None).unwrap();
+        let d = pool.admit(ip(4), None).unwrap();
         assert!(a.is_evicted() && !b.is_evicted() && !c.is_evicted());
         assert_eq!(pool.pending(), 3);
         drop(d);
@@ -324,42 +382,90 @@ mod tests {
     #[test]
     fn connections_making_progress_are_never_evicted() {
         let pool = Admission::new(limits(2, 2));
-        let a = pool.admit(ip(1)).unwrap();
+        let a = pool.admit(ip(1), None).unwrap();
         a.hello();
-        let b = pool.admit(ip(2)).unwrap();
+        let b = pool.admit(ip(2), None).unwrap();
         // b is silent: the newcomer evicts b, not the older a.
-        let c = pool.admit(ip(3)).unwrap();
+        let c = pool.admit(ip(3), None).unwrap();
         assert!(!a.is_evicted() && b.is_evicted());
         c.hello();
         // Everyone left is making progress: the newcomer is refused.
-        assert_eq!(pool.admit(ip(4)).err(), Some(Refusal::Full));
+        assert_eq!(pool.admit(ip(4), None).err(), Some(Refusal::Full));
         assert!(!a.is_evicted() && !c.is_evicted());
     }
 
     #[test]
     fn a_proven_device_leaves_the_pool() {
         let pool = Admission::new(limits(1, 1));
-        let mut a = pool.admit(ip(1)).unwrap();
+        let mut a = pool.admit(ip(1), None).unwrap();
         a.hello();
-        assert_eq!(pool.admit(ip(2)).err(), Some(Refusal::Full));
+        assert_eq!(pool.admit(ip(2), None).err(), Some(Refusal::Full));
         a.release();
-        let _b = pool.admit(ip(2)).unwrap();
+        let _b = pool.admit(ip(2), None).unwrap();
         assert!(!a.is_evicted());
     }
 
     #[test]
     fn one_source_is_capped_and_only_evicts_its_own() {
         let pool = Admission::new(limits(10, 2));
-        let other = pool.admit(ip(9)).unwrap();
-        let a = pool.admit(ip(1)).unwrap();
-        let b = pool.admit(ip(1)).unwrap();
-        let c = pool.admit(ip(1)).unwrap();
+        let other = pool.admit(ip(9), None).unwrap();
+        let a = pool.admit(ip(1), None).unwrap();
+        let b = pool.admit(ip(1), None).unwrap();
+        let c = pool.admit(ip(1), None).unwrap();
         assert!(a.is_evicted() && !b.is_evicted() && !c.is_evicted());
         assert!(!other.is_evicted(), "another source's connection stays");
         b.hello();
         c.hello();
-        assert_eq!(pool.admit(ip(1)).err(), Some(Refusal::PerSource));
-        let _d = pool.admit(ip(2)).unwrap();
+        assert_eq!(pool.admit(ip(1), None).err(), Some(Refusal::PerSource));
+        let _d = pool.admit(ip(2), None).unwrap();
+    }
+
+    /// An accepted connection whose peer has sent `first` (and the peer).
+    fn connection(
+        listener: &std::net::TcpListener,
+        first: &[u8],
+    ) -> (std::net::TcpStream, std::net::TcpStream) {
+        use std::io::Write;
+
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        client.write_all(first).unwrap();
+        // Bounded wait until the bytes are in the accepted socket.
+        for _ in 0..200 {
+            if first.is_empty() || accepted.peek(&mut [0u8; 1]).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (accepted, client)
+    }
+
+    fn probe(s: &std::net::TcpStream) -> Option<OwnedFd> {
+        use std::os::fd::AsFd;
+        Some(s.as_fd().try_clone_to_owned().unwrap())
+    }
+
+    #[test]
+    fn evictable_connections_go_silent_first_then_garbage_then_a_helo_in_flight() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (helo, _c1) = connection(&listener, b"HELO\0\0");
+        let (garbage, _c2) = connection(&listener, b"GET / HTTP/1.1");
+        let (silent, _c3) = connection(&listener, b"");
+        let pool = Admission::new(limits(3, 3));
+        // Oldest first: the HELO, then the garbage, then the silent one.
+        let a = pool.admit(ip(1), probe(&helo)).unwrap();
+        let b = pool.admit(ip(1), probe(&garbage)).unwrap();
+        let c = pool.admit(ip(1), probe(&silent)).unwrap();
+        let d = pool.admit(ip(1), None).unwrap();
+        assert!(c.is_evicted() && !b.is_evicted() && !a.is_evicted());
+        d.hello();
+        let e = pool.admit(ip(2), None).unwrap();
+        assert!(b.is_evicted(), "garbage goes before a HELO in flight");
+        assert!(!a.is_evicted());
+        e.hello();
+        let _f = pool.admit(ip(2), None).unwrap();
+        assert!(a.is_evicted(), "a HELO in flight goes last");
     }
 
     #[test]
@@ -372,11 +478,11 @@ mod tests {
         });
         let mut held = Vec::new();
         for i in 0..10 {
-            held.push(pool.admit(ip(i)).unwrap());
+            held.push(pool.admit(ip(i), None).unwrap());
         }
         let mut refused = 0;
         for i in 0..200u8 {
-            match pool.admit(ip(i)) {
+            match pool.admit(ip(i), None) {
                 Ok(t) => drop(t),
                 Err(r) => {
                     assert_eq!(r, Refusal::EarlyDrop);

@@ -32,6 +32,7 @@
 pub mod admission;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,7 +258,10 @@ impl Shared {
         let refusal = if self.sessions.available_permits() == 0 {
             Err("every session slot is taken")
         } else {
-            self.admission.admit(peer.ip()).map_err(|r| r.as_str())
+            let probe = socket.as_fd().try_clone_to_owned().ok();
+            self.admission
+                .admit(peer.ip(), probe)
+                .map_err(|r| r.as_str())
         };
         match refusal {
             Ok(ticket) => Some(ticket),
