@@ -43,6 +43,15 @@ fn template() -> &'static Path {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let out = secured(
+            dir.path(),
+            &["pki", "issue", "--role", "device", "--name", "device-2"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // An unrelated CA with its own device, in a sibling folder.
         let other = dir.path().join("other");
         std::fs::create_dir(&other).unwrap();
@@ -424,11 +433,13 @@ fn demo_runs_end_to_end() {
         "[5/5] sending",
         "sunrise.png: ",
         "holiday.mp4: 3145728 bytes, video/mp4",
+        "minutes.pdf: ",
+        "application/pdf (file)",
         "ENDD",
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
-    assert_eq!(stdout.matches("its SHA-256 matches").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("its SHA-256 matches").count(), 3, "{stdout}");
 }
 
 #[test]
@@ -472,15 +483,23 @@ fn send_file_reports_and_stores_through_the_binaries() {
 fn send_file_refuses_bad_input_before_connecting() {
     let dir = workdir();
     std::fs::write(dir.path().join("notes.txt"), "not media").unwrap();
-    let out = secured(dir.path(), &["device", "send-file", "notes.txt"]);
-    assert_one_sentence_error(&out, &["notes.txt", "--kind"]);
     let out = secured(dir.path(), &["device", "send-file", "missing.png"]);
     assert_one_sentence_error(&out, &["missing.png"]);
     let out = secured(
         dir.path(),
-        &["device", "send-file", "--name", "x.png", "a.png", "b.png"],
+        &[
+            "device",
+            "send-file",
+            "--store-as",
+            "x.png",
+            "a.png",
+            "b.png",
+        ],
     );
-    assert_one_sentence_error(&out, &["--name"]);
+    assert_one_sentence_error(
+        &out,
+        &["--store-as applies to a single file; send the files one by one to rename them"],
+    );
     let out = secured(
         dir.path(),
         &[
@@ -488,12 +507,166 @@ fn send_file_refuses_bad_input_before_connecting() {
             "send-file",
             "--kind",
             "image",
-            "--name",
+            "--store-as",
             "up/../x.png",
             "notes.txt",
         ],
     );
     assert_one_sentence_error(&out, &["up/../x.png", "separator"]);
+}
+
+/// A forced image or video kind that the magic bytes contradict is refused
+/// with what the file looks like and what to pass instead.
+#[test]
+fn a_kind_the_content_contradicts_is_refused() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("clip.mp4"),
+        b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("shot.png"),
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("doc.pdf"), b"%PDF-1.7\n").unwrap();
+    for (kind, file, expected) in [
+        (
+            "image",
+            "clip.mp4",
+            "error: clip.mp4 looks like a video (video/mp4), not an image; pass --kind video or leave --kind out\n",
+        ),
+        (
+            "video",
+            "shot.png",
+            "error: shot.png looks like an image (image/png), not a video; pass --kind image or leave --kind out\n",
+        ),
+        (
+            "image",
+            "doc.pdf",
+            "error: doc.pdf looks like neither an image nor a video (application/pdf), not an image; pass --kind file or leave --kind out\n",
+        ),
+    ] {
+        let out = secured(dir.path(), &["device", "send-file", "--kind", kind, file]);
+        assert_one_sentence_error(&out, &[]);
+        assert_eq!(stderr(&out), expected);
+    }
+}
+
+/// Any file can be sent: what is neither an image nor a video travels as
+/// kind `file`, with the content type detection found; `--kind file` fits
+/// anything.
+#[test]
+fn send_file_sends_any_file() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    let files: [(&str, &[u8]); 4] = [
+        ("firmware.bin", b"\0\x01\x02\x03\xff\xfe"),
+        ("report.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"),
+        ("backup.tar.gz", b"\x1f\x8b\x08\0\0\0\0\0\0\x03"),
+        ("shot.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+    ];
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "firmware.bin",
+            "report.pdf",
+            "backup.tar.gz",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["files"].as_array().unwrap();
+    for (entry, content_type) in sent.iter().zip([
+        "application/octet-stream",
+        "application/pdf",
+        "application/gzip",
+    ]) {
+        assert_eq!(entry["kind"], "file", "{entry}");
+        assert_eq!(entry["content_type"], content_type, "{entry}");
+        assert_eq!(entry["verified"], true, "{entry}");
+    }
+    for (name, content) in &files[..3] {
+        let stored = std::fs::read(dir.path().join("data/device-1").join(name)).unwrap();
+        assert_eq!(&stored[..], *content, "{name}");
+    }
+    // `--kind file` on an image: sent as a file, its content type kept.
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "--kind",
+            "file",
+            "shot.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"][0]["kind"], "file");
+    assert_eq!(report["files"][0]["content_type"], "image/png");
+    server.wait_for(&["file stored", "shot.png"]);
+}
+
+/// `--name` is the device's identity wherever it stands; `--store-as` names
+/// the stored file.
+#[test]
+fn name_selects_the_device_and_store_as_the_stored_name() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    std::fs::write(dir.path().join("a.bin"), b"first").unwrap();
+    std::fs::write(dir.path().join("x"), b"second").unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "--name",
+            "device-2",
+            "send-file",
+            "--server",
+            &server.addr,
+            "a.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("data/device-2/a.bin")).unwrap(),
+        b"first"
+    );
+    // After the subcommand too, `--name` selects the device.
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "x",
+            "--name",
+            "device-2",
+            "--store-as",
+            "y.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("data/device-2/y.bin")).unwrap(),
+        b"second"
+    );
+    assert!(!dir.path().join("data/device-2/x").exists());
+    assert!(!dir.path().join("data/device-1").join("y.bin").exists());
 }
 
 #[test]
