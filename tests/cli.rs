@@ -258,7 +258,15 @@ fn serve_and_send_text_through_the_binaries() {
     assert!(stdout.contains("as device-1 to localhost"), "{stdout}");
     assert!(stdout.contains(": ok"), "{stdout}");
     let line = server.wait_for(&["text received", "hello from the CLI"]);
-    assert!(line.contains("\"device\":\"device-1\""), "{line}");
+    let line = json_object(&line);
+    assert_eq!(line["device"], "device-1", "{line:?}");
+    assert_eq!(line["bytes"], 18, "{line:?}");
+    assert_eq!(line["level"], "INFO", "{line:?}");
+    assert_eq!(line["priority"], 6, "{line:?}");
+    // Every line of the server's log is one JSON object.
+    for early in &server.early {
+        assert!(json_object(early).contains_key("priority"), "{early}");
+    }
 }
 
 #[test]
@@ -398,12 +406,7 @@ fn the_wrong_server_name_is_refused() {
 #[test]
 fn nothing_listening_is_one_sentence() {
     let dir = workdir();
-    // Bind and drop to find a port that is (very likely) closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let out = secured(
         dir.path(),
         &[
@@ -415,6 +418,81 @@ fn nothing_listening_is_one_sentence() {
         ],
     );
     assert_one_sentence_error(&out, &["cannot connect to 127.0.0.1"]);
+}
+
+/// A port that is (very likely) closed: bound, then dropped.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Parses one line of JSON log output.
+fn json_object(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(line) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => panic!("not one JSON object: {line:?} ({other:?})"),
+    }
+}
+
+/// With JSON logs, the command's final error is one JSON object on standard
+/// error, whether the format comes from the flag or the configuration file.
+#[test]
+fn json_logs_carry_the_final_error() {
+    let dir = workdir();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    std::fs::write(dir.path().join("json.toml"), "[log]\nformat = \"json\"\n").unwrap();
+    for args in [
+        &[
+            "--log-format",
+            "json",
+            "device",
+            "send-text",
+            "--server",
+            &addr,
+            "x",
+        ][..],
+        &[
+            "--config",
+            "json.toml",
+            "device",
+            "send-text",
+            "--server",
+            &addr,
+            "x",
+        ][..],
+    ] {
+        let out = secured(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        let line = json_object(err.trim_end());
+        assert_eq!(line["level"], "ERROR", "{err}");
+        assert_eq!(line["priority"], 3, "{err}");
+        let message = line["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("cannot connect to {addr}: ")),
+            "{err}"
+        );
+        assert!(line["timestamp"].is_string(), "{err}");
+    }
+    // An error before any configuration file is read.
+    let out = secured(
+        dir.path(),
+        &["--log-format", "json", "--config", "missing.toml", "serve"],
+    );
+    let line = json_object(stderr(&out).trim_end());
+    assert_eq!(line["priority"], 3);
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read configuration file missing.toml"),
+        "{line:?}"
+    );
 }
 
 #[test]

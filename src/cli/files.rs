@@ -176,9 +176,9 @@ where
     match client.close().await {
         Ok(()) => Ok(()),
         Err(e) if all_acknowledged => {
-            eprintln!(
-                "warning: everything was acknowledged, but the session did not end cleanly: {e}"
-            );
+            super::warn_user(&format!(
+                "everything was acknowledged, but the session did not end cleanly: {e}"
+            ));
             Ok(())
         }
         Err(e) => Err(e.into()),

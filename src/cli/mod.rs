@@ -138,16 +138,32 @@ pub enum CliError {
 /// Parses the command line, runs the command and turns the outcome into an
 /// exit status: 0 on success, 1 with one sentence on standard error
 /// otherwise (2 for unparseable arguments, from clap).
+/// With `--log-format json` the error is one JSON object on standard
+/// error, like the log lines.
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let flag = cli.log_format;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The configuration file may not have been read (it may be what
+            // failed): then the flag decides.
+            let format = LOG_FORMAT.get().copied().or(flag).unwrap_or_default();
+            logging::user_message(format, tracing::Level::ERROR, &e.to_string());
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log format of this run, once the configuration file was read.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Tells the user something went wrong that does not fail the command,
+/// in the log format of this run.
+fn warn_user(message: &str) {
+    let format = LOG_FORMAT.get().copied().unwrap_or_default();
+    logging::user_message(format, tracing::Level::WARN, message);
 }
 
 /// The crypto backend chosen for this run.
@@ -183,6 +199,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         _ => "warn",
     };
     let format = cli.log_format.or(file.log.format).unwrap_or_default();
+    let _ = LOG_FORMAT.set(format);
     let level = cli
         .log_level
         .clone()
