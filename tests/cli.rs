@@ -510,7 +510,7 @@ fn demo_runs_end_to_end() {
         "[4/5] sent",
         "[5/5] sending",
         "sunrise.png: ",
-        "holiday.mp4: 3145728 bytes, video/mp4",
+        "holiday.mp4: 3.00 MiB (3,145,728 bytes), video/mp4 (video)",
         "minutes.pdf: ",
         "application/pdf (file)",
         "ENDD",
@@ -555,6 +555,180 @@ fn send_file_reports_and_stores_through_the_binaries() {
     let line = server.wait_for(&["file stored", "shot (1).png"]);
     assert!(line.contains("\"device\":\"device-1\""), "{line}");
     assert!(line.contains("\"size\":100008"), "{line}");
+}
+
+/// A TCP proxy on 127.0.0.1:0 to `target`, for one connection, that cuts
+/// it once more than `limit` bytes came from the device. Returns its
+/// address.
+fn cutting_proxy(target: &str, limit: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let target = target.to_owned();
+    std::thread::spawn(move || {
+        let (device, _) = listener.accept().unwrap();
+        let server = TcpStream::connect(&target).unwrap();
+        let (mut from_server, mut to_device) =
+            (server.try_clone().unwrap(), device.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_server, &mut to_device);
+        });
+        let (mut from_device, mut to_server) =
+            (device.try_clone().unwrap(), server.try_clone().unwrap());
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        loop {
+            let n = match from_device.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            total += n;
+            if total > limit || to_server.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = device.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    });
+    addr
+}
+
+/// A refused file reports no rate (nothing was sent), and the JSON report
+/// has a status, a code and a message for it.
+#[test]
+fn a_refused_file_is_reported_with_its_code_and_no_rate() {
+    let dir = workdir();
+    let server = ServerProcess::start_with(dir.path(), &["--max-file-size", "1KiB"]);
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 4096]).unwrap();
+    std::fs::write(dir.path().join("small.bin"), b"fits").unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "big.bin",
+            "small.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error"], serde_json::Value::Null);
+    let big = &report["files"][0];
+    assert_eq!(big["status"], "refused", "{big}");
+    assert_eq!(big["code"], "too_large", "{big}");
+    assert!(
+        big["message"].as_str().unwrap().contains("too_large"),
+        "{big}"
+    );
+    assert_eq!(big["size"], 4096);
+    assert_eq!(big["bytes_sent"], 0);
+    assert_eq!(big["bytes_per_second"], 0);
+    let small = &report["files"][1];
+    assert_eq!(small["status"], "stored", "{small}");
+    assert_eq!(small["code"], "ok", "{small}");
+    assert_eq!(small["bytes_sent"], 4);
+    assert!(small["bytes_per_second"].as_u64().unwrap() > 0, "{small}");
+
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--server", &server.addr, "big.bin"],
+    );
+    assert_one_sentence_error(&out, &["1 of 1 files were not stored as sent"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("big.bin: 4.00 KiB (4,096 bytes), application/octet-stream (file)\n"),
+        "{text}"
+    );
+    assert!(text.contains("  server: refused (too_large): "), "{text}");
+    assert!(!text.contains("/s"), "a rate for nothing sent: {text}");
+}
+
+/// When no session starts, every file is listed as not sent, and `--json`
+/// still prints the report, with the error.
+#[test]
+fn files_are_listed_as_not_sent_when_the_connection_fails() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("a.bin"), b"a").unwrap();
+    std::fs::write(dir.path().join("b.bin"), b"b").unwrap();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &addr,
+            "--json",
+            "a.bin",
+            "b.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &["cannot connect to"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("cannot connect to {addr}")),
+        "{report}"
+    );
+    assert_eq!(report["device"], "device-1");
+    assert_eq!(report["server"], serde_json::Value::Null);
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for f in files {
+        assert_eq!(f["status"], "not_sent", "{f}");
+        assert_eq!(f["code"], "connect_failed", "{f}");
+        assert_eq!(f["verified"], false, "{f}");
+    }
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--server", &addr, "a.bin", "b.bin"],
+    );
+    assert_one_sentence_error(&out, &["cannot connect to"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("  not sent: cannot connect to").count(),
+        2,
+        "{text}"
+    );
+}
+
+/// A session that dies in the middle of the first file: that file failed,
+/// after some bytes, and the next one is listed as not sent.
+#[test]
+fn files_after_a_dead_session_are_listed_as_not_sent() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    big_file(&dir.path().join("first.bin"), 4);
+    std::fs::write(dir.path().join("second.bin"), b"never").unwrap();
+    let proxy = cutting_proxy(&server.addr, 1 << 20);
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &proxy,
+            "--json",
+            "first.bin",
+            "second.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &[]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["error"].is_string(), "{report}");
+    assert_eq!(report["server"], "localhost");
+    let (first, second) = (&report["files"][0], &report["files"][1]);
+    assert_eq!(first["status"], "failed", "{first}");
+    assert!(first["bytes_sent"].as_u64().unwrap() < 4 << 20, "{first}");
+    assert_eq!(second["status"], "not_sent", "{second}");
+    assert_eq!(second["code"], first["code"], "{report}");
+    assert!(!dir.path().join("data/device-1/first.bin").exists());
 }
 
 #[test]

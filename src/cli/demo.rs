@@ -199,9 +199,10 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         .map_err(other("cannot generate the demo files"))?;
     println!(
         "[5/5] sending a generated image, a {} video and a PDF document (kind file), signed with RSA-PSS, in 64 KiB records:",
-        args.video_size.display().iec()
+        indicatif::HumanBytes(args.video_size.as_u64())
     );
-    let reports = super::files::send_over(&mut client, &files, false).await?;
+    let mut reports = Vec::with_capacity(files.len());
+    super::files::send_over(&mut client, &files, false, &mut reports).await?;
     client.close().await?;
     println!("      session closed with ENDD in both directions");
 
