@@ -32,17 +32,7 @@ fn template() -> &'static Path {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = secured(
-            dir.path(),
-            &[
-                "pki", "issue", "--role", "device", "--name", "old", "--days", "0",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        expired_device_certificate(dir.path(), "old");
         let out = secured(
             dir.path(),
             &["pki", "issue", "--role", "device", "--name", "device-2"],
@@ -60,6 +50,38 @@ fn template() -> &'static Path {
         dir
     })
     .path()
+}
+
+/// Issues `certs/<name>.pem` and `keys/<name>.key` under the CA in `dir`,
+/// valid from two days ago until yesterday (through the library: the CLI
+/// refuses to issue a certificate that is not valid for at least a day).
+fn expired_device_certificate(dir: &Path, name: &str) {
+    use secured::pki::{CertificateAuthority, Role, Validity, write_cert_pem, write_key_pem};
+    let ca = CertificateAuthority::load(
+        &dir.join("certs/ca.pem"),
+        &dir.join("keys/ca.key"),
+        secured::crypto::default_provider(),
+    )
+    .unwrap();
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let validity = Validity {
+        not_before: now - 2 * day,
+        not_after: now - day,
+    };
+    let leaf = ca.issue(Role::Device, name, &[], 2048, validity).unwrap();
+    write_cert_pem(
+        &dir.join(format!("certs/{name}.pem")),
+        &leaf.cert_der,
+        false,
+    )
+    .unwrap();
+    write_key_pem(
+        &dir.join(format!("keys/{name}.key")),
+        &leaf.key_pkcs8_der,
+        false,
+    )
+    .unwrap();
 }
 
 fn workdir() -> tempfile::TempDir {
@@ -379,7 +401,6 @@ fn a_certificate_from_another_ca_is_refused() {
 #[test]
 fn an_expired_certificate_is_refused() {
     let dir = workdir();
-    std::thread::sleep(Duration::from_millis(1100));
     let out = secured(dir.path(), &["device", "send-text", "--name", "old", "x"]);
     assert_one_sentence_error(&out, &["certs/old.pem", "expired"]);
 }
@@ -493,6 +514,113 @@ fn json_logs_carry_the_final_error() {
             .starts_with("cannot read configuration file missing.toml"),
         "{line:?}"
     );
+}
+
+/// A usage error from clap: exit status 2, and a first line naming the
+/// option, the value and why it is refused.
+fn assert_usage_error(out: &Output, first_line: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().next(), Some(first_line), "{err}");
+}
+
+/// Zero and other nonsense for the numeric options are refused before
+/// anything happens, with the option and the allowed values. (`serve` is
+/// given a CA file that does not exist, so that it stops at once if it
+/// accepts the value.)
+#[test]
+fn numeric_options_are_checked() {
+    let dir = workdir();
+    for (args, first_line) in [
+        (
+            &["serve", "--ca", "nowhere.pem", "--handshake-timeout", "0"][..],
+            "error: invalid value '0' for '--handshake-timeout <SECS>': 0 is not in 1..=300",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--idle-timeout", "0"][..],
+            "error: invalid value '0' for '--idle-timeout <SECS>': 0 is not in 1..=86400",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-connections", "0"][..],
+            "error: invalid value '0' for '--max-connections <N>': 0 is not in 1..=1000000",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-unauthenticated", "0"][..],
+            "error: invalid value '0' for '--max-unauthenticated <N>': 0 is not in 1..=1000000",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--shutdown-grace", "3601"][..],
+            "error: invalid value '3601' for '--shutdown-grace <SECS>': 3601 is not in 0..=3600",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-file-size", "0"][..],
+            "error: invalid value '0' for '--max-file-size <SIZE>': the largest file must be at least 1 byte, e.g. 500MiB or 64GiB",
+        ),
+        (
+            &["pki", "init", "--days", "0"][..],
+            "error: invalid value '0' for '--days <DAYS>': 0 is not in 1..=36500",
+        ),
+        (
+            &["pki", "init", "--ca-bits", "1024"][..],
+            "error: invalid value '1024' for '--ca-bits <BITS>': the RSA key size must be 2048, 3072 or 4096 bits",
+        ),
+        (
+            &[
+                "pki", "issue", "--role", "device", "--name", "d", "--days", "0",
+            ][..],
+            "error: invalid value '0' for '--days <DAYS>': 0 is not in 1..=36500",
+        ),
+        (
+            &[
+                "pki", "issue", "--role", "device", "--name", "d", "--bits", "3000",
+            ][..],
+            "error: invalid value '3000' for '--bits <BITS>': the RSA key size must be 2048, 3072 or 4096 bits",
+        ),
+    ] {
+        let out = secured(dir.path(), args);
+        assert_usage_error(&out, first_line);
+    }
+    assert!(!dir.path().join("certs/d.pem").exists());
+}
+
+/// The configuration file's numbers get the same checks as the flags.
+#[test]
+fn numeric_configuration_values_are_checked() {
+    let dir = workdir();
+    for (line, expected) in [
+        (
+            "handshake_timeout_secs = 0",
+            "error: bad.toml: [server] handshake_timeout_secs = 0 is not in 1..=300; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "idle_timeout_secs = 0",
+            "error: bad.toml: [server] idle_timeout_secs = 0 is not in 1..=86400; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "max_connections = 0",
+            "error: bad.toml: [server] max_connections = 0 is not in 1..=1000000; set a number of sessions in that range, or remove it for the default\n",
+        ),
+        (
+            "max_unauthenticated = 0",
+            "error: bad.toml: [server] max_unauthenticated = 0 is not in 1..=1000000; set a number of connections in that range, or remove it for the default\n",
+        ),
+        (
+            "shutdown_grace_secs = 86400",
+            "error: bad.toml: [server] shutdown_grace_secs = 86400 is not in 0..=3600; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "max_file_size = \"0B\"",
+            "error: bad.toml: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default\n",
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), format!("[server]\n{line}\n")).unwrap();
+        let out = secured(
+            dir.path(),
+            &["--config", "bad.toml", "serve", "--ca", "nowhere.pem"],
+        );
+        assert_one_sentence_error(&out, &[]);
+        assert_eq!(stderr(&out), expected, "{line}");
+    }
 }
 
 #[test]

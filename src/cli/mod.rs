@@ -207,13 +207,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
         .unwrap_or_else(|| default_level.to_owned());
     logging::init(format, &level);
 
+    let config_path = cli.config.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args, &file).await,
+            Command::Serve(args) => serve::run(args, &file, config_path.as_deref()).await,
             Command::Device(args) => device::run(args, &file).await,
             Command::Pki(cmd) => pki::run(cmd, &file),
             Command::Demo(args) => demo::run(args).await,

@@ -19,14 +19,14 @@ pub(super) enum PkiCommand {
         /// Name of the first device.
         #[arg(long, value_name = "NAME", default_value = "device-1")]
         device: String,
-        /// RSA key size of the CA.
-        #[arg(long, value_name = "BITS", default_value_t = 3072)]
+        /// RSA key size of the CA: 2048, 3072 or 4096.
+        #[arg(long, value_name = "BITS", default_value_t = 3072, value_parser = rsa_bits)]
         ca_bits: usize,
-        /// RSA key size of the server and device keys.
-        #[arg(long, value_name = "BITS", default_value_t = 2048)]
+        /// RSA key size of the server and device keys: 2048, 3072 or 4096.
+        #[arg(long, value_name = "BITS", default_value_t = 2048, value_parser = rsa_bits)]
         bits: usize,
-        /// Validity of the server and device certificates, in days.
-        #[arg(long, value_name = "DAYS", default_value_t = 825)]
+        /// Validity of the server and device certificates, in days (1 to 36500).
+        #[arg(long, value_name = "DAYS", default_value_t = 825, value_parser = days())]
         days: u32,
         /// Replace existing certificates and keys.
         #[arg(long)]
@@ -46,16 +46,33 @@ pub(super) enum PkiCommand {
         /// Further names of a server certificate (DNS name or IP address); repeatable.
         #[arg(long = "san", value_name = "NAME")]
         sans: Vec<ServerName>,
-        /// RSA key size.
-        #[arg(long, value_name = "BITS", default_value_t = 2048)]
+        /// RSA key size: 2048, 3072 or 4096.
+        #[arg(long, value_name = "BITS", default_value_t = 2048, value_parser = rsa_bits)]
         bits: usize,
-        /// Validity in days.
-        #[arg(long, value_name = "DAYS", default_value_t = 825)]
+        /// Validity in days (1 to 36500).
+        #[arg(long, value_name = "DAYS", default_value_t = 825, value_parser = days())]
         days: u32,
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The RSA key sizes both crypto backends generate.
+const RSA_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
+
+/// Parses `--bits` and `--ca-bits`.
+fn rsa_bits(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|bits| RSA_KEY_SIZES.contains(bits))
+        .ok_or_else(|| "the RSA key size must be 2048, 3072 or 4096 bits".to_owned())
+}
+
+/// Parses `--days`: at least a day, at most a century.
+fn days() -> impl clap::builder::TypedValueParser<Value = u32> {
+    clap::value_parser!(u32).range(1..=36_500)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
