@@ -339,6 +339,125 @@ fn a_missing_file_is_named() {
     assert_one_sentence_error(&out, &["missing.toml"]);
 }
 
+/// A private key that group or others may read is refused, as OpenSSH
+/// does, with the command that fixes it.
+#[test]
+fn a_private_key_readable_by_others_is_refused() {
+    let dir = workdir();
+    let chmod = |file: &str, mode: u32| {
+        std::fs::set_permissions(dir.path().join(file), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    };
+    chmod("keys/device-1.key", 0o644);
+    let out = secured(dir.path(), &["device", "send-text", "x"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: keys/device-1.key is accessible to group or others (mode 0644), but a private key must be readable by its owner only; run `chmod 600 keys/device-1.key`\n"
+    );
+    chmod("keys/server.key", 0o640);
+    // A data folder that cannot be one, so a server that accepted the key
+    // would stop at once instead of serving.
+    let out = secured(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "certs/ca.pem",
+        ],
+    );
+    assert_one_sentence_error(
+        &out,
+        &[
+            "keys/server.key",
+            "(mode 0640)",
+            "`chmod 600 keys/server.key`",
+        ],
+    );
+    chmod("keys/ca.key", 0o604);
+    let out = secured(
+        dir.path(),
+        &["pki", "issue", "--role", "device", "--name", "device-3"],
+    );
+    assert_one_sentence_error(
+        &out,
+        &["keys/ca.key", "(mode 0604)", "`chmod 600 keys/ca.key`"],
+    );
+    assert!(!dir.path().join("certs/device-3.pem").exists());
+}
+
+/// Without a PKI, the error says how to make one.
+#[test]
+fn a_missing_pki_points_to_pki_init() {
+    let empty = tempfile::tempdir().unwrap();
+    let no_ca = "error: certs/ca.pem does not exist; create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one\n";
+    let out = secured(empty.path(), &["device", "send-text", "x"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(stderr(&out), no_ca);
+    let out = secured(empty.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(stderr(&out), no_ca);
+    let out = secured(
+        empty.path(),
+        &["pki", "issue", "--role", "device", "--name", "d"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: no CA certificate at certs/ca.pem; create one with `secured pki init`, or pass --certs-dir and --keys-dir (or --config FILE) for the folders that hold ca.pem and ca.key\n"
+    );
+    // A PKI without this device's certificate.
+    let dir = workdir();
+    let out = secured(
+        dir.path(),
+        &["device", "--name", "nobody", "send-text", "x"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: certs/nobody.pem does not exist; issue it with `secured pki issue --role device --name nobody` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key\n"
+    );
+    let out = secured(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--key", "keys/nope.key"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: keys/nope.key does not exist; create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)\n"
+    );
+}
+
+/// `ca` and `server` name the CLI's own files: no device may take them,
+/// not even with --force, which would replace the server's key.
+#[test]
+fn device_certificates_cannot_take_the_ca_or_server_files() {
+    let dir = workdir();
+    let before = std::fs::read(dir.path().join("keys/server.key")).unwrap();
+    for name in ["server", "ca"] {
+        let out = secured(
+            dir.path(),
+            &[
+                "pki", "issue", "--role", "device", "--name", name, "--force",
+            ],
+        );
+        assert_one_sentence_error(&out, &[]);
+        let owner = if name == "ca" { "CA" } else { "server" };
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: \"{name}\" is reserved for the {owner}'s own files; choose another name\n"
+            )
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("keys/server.key")).unwrap(),
+        before
+    );
+}
+
 #[test]
 fn a_key_that_does_not_match_its_certificate_is_named() {
     let dir = workdir();

@@ -95,6 +95,10 @@ fn load_own_identity(
     ca: &std::path::Path,
     role: crate::pki::Role,
 ) -> Result<(crate::pki::Identity, crate::pki::TrustAnchor), CliError> {
+    require_pki_file(ca, PkiFile::Ca)?;
+    require_pki_file(cert, PkiFile::Own(role))?;
+    require_pki_file(key, PkiFile::Own(role))?;
+    refuse_open_key(key)?;
     let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
     let identity = crate::pki::Identity::load(cert, key, provider)?;
@@ -113,6 +117,55 @@ fn load_own_identity(
         ))
     })?;
     Ok((identity, anchor))
+}
+
+/// Which file of the PKI a command needs.
+#[derive(Debug, Clone, Copy)]
+enum PkiFile {
+    /// The CA certificate.
+    Ca,
+    /// Our own certificate or private key, in this role.
+    Own(crate::pki::Role),
+}
+
+/// Refuses a PKI file that does not exist, with how to make one: a
+/// missing CA means there is no PKI yet (`secured pki init`); a missing
+/// certificate or key next to a CA means this one was not issued.
+fn require_pki_file(path: &std::path::Path, which: PkiFile) -> Result<(), CliError> {
+    if path.try_exists().unwrap_or(true) {
+        // Present, or unknowable: the loader's error will say why.
+        return Ok(());
+    }
+    let p = path.display();
+    let hint = match which {
+        PkiFile::Ca => "create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one".to_owned(),
+        PkiFile::Own(crate::pki::Role::Device) => {
+            let stem = path.file_stem().map_or("NAME".into(), |s| s.to_string_lossy());
+            format!(
+                "issue it with `secured pki issue --role device --name {stem}` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key"
+            )
+        }
+        PkiFile::Own(_) => "create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)".to_owned(),
+    };
+    Err(CliError::Other(format!("{p} does not exist; {hint}")))
+}
+
+/// Refuses a private key that group or others may access, as OpenSSH does:
+/// whoever can read it can impersonate us.
+fn refuse_open_key(key: &std::path::Path) -> Result<(), CliError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(key) else {
+        // The loader reports what is wrong with the file.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CliError::Other(format!(
+            "{k} is accessible to group or others (mode {mode:04o}), but a private key must be readable by its owner only; run `chmod 600 {k}`",
+            k = key.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Everything that can stop a command, as one sentence for the user.

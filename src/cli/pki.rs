@@ -58,6 +58,25 @@ pub(super) enum PkiCommand {
     },
 }
 
+/// Adds the options that choose the PKI folders to a missing-CA error.
+fn with_dirs_hint(e: pki::PkiError) -> CliError {
+    match e {
+        pki::PkiError::NoCa { path } => CliError::Other(format!(
+            "no CA certificate at {}; create one with `secured pki init`, or pass --certs-dir and --keys-dir (or --config FILE) for the folders that hold ca.pem and ca.key",
+            path.display()
+        )),
+        pki::PkiError::Read { kind, path, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            CliError::Other(format!(
+                "the CA's {kind} file {} does not exist; pass --keys-dir (or --config FILE) for the folder that holds ca.key, or create a new PKI with `secured pki init`",
+                path.display()
+            ))
+        }
+        other => other.into(),
+    }
+}
+
 /// The RSA key sizes both crypto backends generate.
 const RSA_KEY_SIZES: [usize; 3] = [2048, 3072, 4096];
 
@@ -138,15 +157,10 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
                 bits,
                 validity_days: days,
             };
-            pki::issue_files(
-                &dirs.resolve(file),
-                role,
-                &name,
-                &names,
-                &opts,
-                force,
-                provider,
-            )?
+            let paths = dirs.resolve(file);
+            super::refuse_open_key(&paths.ca_key())?;
+            pki::issue_files(&paths, role, &name, &names, &opts, force, provider)
+                .map_err(with_dirs_hint)?
         }
     };
     for path in written {
