@@ -742,6 +742,88 @@ fn numeric_configuration_values_are_checked() {
     }
 }
 
+/// Shell completions and the manual page come from the same definitions
+/// as --help, and need no PKI or configuration.
+#[test]
+fn completions_and_manual_pages() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = secured(empty.path(), &["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("send-file"), "{script}");
+    assert!(script.contains("--store-as"), "{script}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = secured(empty.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(!out.stdout.is_empty(), "{shell}");
+    }
+
+    let out = secured(empty.path(), &["man"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".TH secured 1 "), "{page}");
+    assert!(
+        page.contains(".SH EXTRA") && page.contains("secured pki init"),
+        "{page}"
+    );
+
+    let out = secured(empty.path(), &["man", "--dir", "."]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in [
+        "secured.1",
+        "secured-serve.1",
+        "secured-device.1",
+        "secured-device-send-file.1",
+        "secured-device-send-text.1",
+        "secured-pki.1",
+        "secured-pki-init.1",
+        "secured-pki-issue.1",
+        "secured-demo.1",
+        "secured-completions.1",
+        "secured-man.1",
+    ] {
+        let page = std::fs::read_to_string(empty.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(page.starts_with(".TH "), "{name}");
+    }
+    let page = std::fs::read_to_string(empty.path().join("secured-device-send-file.1")).unwrap();
+    assert!(page.contains("store\\-as"), "{page}");
+}
+
+/// Every command's --help shows examples.
+#[test]
+fn help_has_examples() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["device", "--help"],
+        &["device", "send-text", "--help"],
+        &["device", "send-file", "--help"],
+        &["pki", "--help"],
+        &["pki", "init", "--help"],
+        &["pki", "issue", "--help"],
+        &["demo", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+    ] {
+        let out = secured(empty.path(), args);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("\nExamples:\n  secured "), "{args:?}: {help}");
+    }
+    let out = secured(empty.path(), &["serve", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for default in [
+        "[default: 10]",
+        "[default: 300]",
+        "[default: 64GiB]",
+        "[default: 127.0.0.1:7443]",
+    ] {
+        assert!(help.contains(default), "{default}: {help}");
+    }
+}
+
 #[test]
 fn demo_runs_end_to_end() {
     let out = Command::new(BIN)

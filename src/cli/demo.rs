@@ -18,7 +18,13 @@ use crate::media::detect_file;
 use crate::pki::{self, InitOptions, PkiPaths, ServerName};
 use crate::server::{self, ServerSettings};
 
+const EXAMPLES: &str = "\
+Examples:
+  secured demo                                  # PKI, server, device, text and three files
+  secured demo --video-size 2GiB --keep         # a larger file; keep the folder to look at it";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct DemoArgs {
     /// The text the device sends.
     #[arg(long, default_value = "hello from device-1")]

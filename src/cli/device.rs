@@ -16,7 +16,26 @@ use crate::message::MediaKind;
 use crate::pki::{Role, ServerName};
 use crate::store::validate_file_name;
 
+const EXAMPLES: &str = "\
+Examples:
+  secured device send-text 'hello'                                  # as device-1, to 127.0.0.1:7443
+  secured device --server server.example.net:7443 --name cam-2 send-file clip.mp4";
+
+const SEND_TEXT_EXAMPLES: &str = "\
+Examples:
+  secured device send-text 'hello'                   # as device-1, to 127.0.0.1:7443
+  echo 'from a pipe' | secured device send-text -
+  secured device --server 192.0.2.10:7443 --name cam-2 send-text 'door opened'";
+
+const SEND_FILE_EXAMPLES: &str = "\
+Examples:
+  secured device send-file photo.jpg clip.mp4 report.pdf   # one session; kinds detected
+  secured device send-file scan.bin --store-as scan-2024.bin
+  secured device send-file frame.raw --kind image           # when the bytes say nothing
+  secured device --name cam-2 send-file --json backup.tar.gz";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct DeviceArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -36,10 +55,11 @@ pub(super) struct ConnArgs {
     /// Device name: selects certs/NAME.pem and keys/NAME.key [default: device-1].
     #[arg(long, global = true, value_name = "NAME")]
     name: Option<String>,
-    /// Device certificate (PEM); overrides the one --name selects.
+    /// Device certificate (PEM); overrides the one --name selects [default: certs/NAME.pem].
     #[arg(long, global = true, value_name = "FILE")]
     cert: Option<PathBuf>,
-    /// Device private key (PKCS#8 PEM); overrides the one --name selects.
+    /// Device private key (PKCS#8 PEM, mode 0600); overrides the one --name
+    /// selects [default: keys/NAME.key].
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<PathBuf>,
     /// CA certificate that issued the server's certificate [default: certs/ca.pem].
@@ -50,11 +70,13 @@ pub(super) struct ConnArgs {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Send a text message (use - to read it from standard input).
+    #[command(after_help = SEND_TEXT_EXAMPLES)]
     SendText {
         /// The text, UTF-8, at most 32768 bytes.
         text: String,
     },
     /// Send files (images, video or anything else), signed, over one session.
+    #[command(after_help = SEND_FILE_EXAMPLES)]
     SendFile {
         /// The files to send.
         #[arg(required = true, value_name = "PATH")]
@@ -65,7 +87,7 @@ enum Action {
         /// What the files are; `auto` decides from magic bytes or the extension.
         #[arg(long, value_enum, default_value_t = KindArg::Auto)]
         kind: KindArg,
-        /// Print the transfer report as JSON.
+        /// Print the transfer report as JSON (also when the session fails).
         #[arg(long)]
         json: bool,
     },

@@ -3,6 +3,7 @@
 
 mod demo;
 mod device;
+mod docs;
 mod files;
 mod pki;
 mod serve;
@@ -17,21 +18,24 @@ use crate::config::{ConfigError, FileConfig};
 use crate::logging::{self, LogFormat};
 use crate::pki::PkiError;
 
-/// secured: send text, images and video from devices to a server over a
-/// mutually authenticated, encrypted protocol.
+/// secured: send text and files (images, video, anything) from devices to a
+/// server over a mutually authenticated, encrypted protocol.
 #[derive(Debug, Parser)]
 #[command(name = "secured", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     /// TOML configuration file; command-line flags override it.
     #[arg(long, global = true, env = "SECURED_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format: human-readable text or JSON lines (for journald and pipes).
+    /// Log format: human-readable text or JSON lines (for journald and
+    /// pipes); with json, the final error is a JSON line too [default: text].
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence).
+    /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence)
+    /// [default: info for serve and demo, warn otherwise].
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Crypto backend for RSA: `aws-lc` (default when built in) or `rustcrypto`.
+    /// Crypto backend for RSA: `aws-lc` or `rustcrypto` [default: aws-lc
+    /// when built in, otherwise rustcrypto].
     #[arg(long, global = true, value_name = "BACKEND")]
     crypto: Option<String>,
     #[command(subcommand)]
@@ -43,7 +47,9 @@ Examples:
   secured pki init                          # CA, server and device-1 certificates in certs/ and keys/
   secured serve                             # listen on 127.0.0.1:7443 with those files
   secured device send-text 'hello'          # as device-1, to 127.0.0.1:7443
-  secured demo                              # all of the above in a temporary folder";
+  secured device send-file report.pdf       # any file, signed and verified
+  secured demo                              # all of the above in a temporary folder
+  secured completions bash                  # shell completions; `secured man` for the manual page";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -52,19 +58,23 @@ enum Command {
     /// Act as a device: send to a server.
     Device(device::DeviceArgs),
     /// Manage the private CA and its certificates.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = pki::EXAMPLES)]
     Pki(pki::PkiCommand),
     /// Run a complete demonstration on loopback in a temporary folder.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command.
+    Man(docs::ManArgs),
 }
 
 /// Paths of the PKI folders, shared by several commands.
 #[derive(Debug, Args, Clone)]
 struct PkiDirs {
-    /// Folder of certificates.
+    /// Folder of certificates [default: certs].
     #[arg(long, value_name = "DIR")]
     certs_dir: Option<PathBuf>,
-    /// Folder of private keys.
+    /// Folder of private keys [default: keys].
     #[arg(long, value_name = "DIR")]
     keys_dir: Option<PathBuf>,
 }
@@ -233,6 +243,12 @@ fn provider() -> &'static crate::crypto::CryptoProvider {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
+    // Documentation needs neither the configuration file nor a runtime.
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let file = match &cli.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -271,6 +287,75 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Device(args) => device::run(args, &file).await,
             Command::Pki(cmd) => pki::run(cmd, &file),
             Command::Demo(args) => demo::run(args).await,
+            Command::Completions(_) | Command::Man(_) => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn all_commands(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let path = format!("{path} {}", command.get_name());
+        for sub in command.get_subcommands() {
+            all_commands(sub, &path, out);
+        }
+        out.push((path, command.clone()));
+    }
+
+    /// Every command's help ends with examples.
+    #[test]
+    fn every_command_has_examples() {
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "", &mut commands);
+        assert!(commands.len() >= 11, "{}", commands.len());
+        for (path, command) in &commands {
+            let after = command
+                .get_after_help()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Examples:\n  secured"),
+                "{path}: {after:?}"
+            );
+        }
+    }
+
+    /// Every optional option that takes a value shows its default, from
+    /// clap or as `[default: …]` in its help, unless it has none.
+    #[test]
+    fn every_option_shows_its_default() {
+        let without_default = ["--config", "--san"];
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "", &mut commands);
+        let mut missing = Vec::new();
+        for (path, command) in &commands {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if !arg.get_action().takes_values() || arg.is_required_set() {
+                    continue;
+                }
+                let help = arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let flag = format!("--{long}");
+                let shown = !arg.get_default_values().is_empty() || help.contains("[default: ");
+                let exempt = without_default.contains(&flag.as_str());
+                if !shown && !exempt {
+                    missing.push(format!("{path} {flag}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no default shown: {missing:?}");
+    }
 }

@@ -6,9 +6,28 @@ use super::{CliError, PkiDirs};
 use crate::config::FileConfig;
 use crate::pki::{self, InitOptions, IssueOptions, Role, ServerName};
 
+/// Examples for `secured pki --help`.
+pub(super) const EXAMPLES: &str = "\
+Examples:
+  secured pki init                                   # CA, server and device-1 in certs/ and keys/
+  secured pki issue --role device --name device-2    # one more device";
+
+const INIT_EXAMPLES: &str = "\
+Examples:
+  secured pki init                                   # certs/ and keys/ in this folder
+  secured pki init --server-name server.example.net --server-name 192.0.2.10
+  secured pki init --certs-dir /etc/secured/certs --keys-dir /etc/secured/keys --device cam-1";
+
+const ISSUE_EXAMPLES: &str = "\
+Examples:
+  secured pki issue --role device --name cam-2
+  secured pki issue --role server --name server.example.net --san 192.0.2.10
+  secured pki issue --role device --name cam-2 --days 90 --force    # replace cam-2's files";
+
 #[derive(Debug, Subcommand)]
 pub(super) enum PkiCommand {
     /// Create a CA, a server certificate and a device certificate.
+    #[command(after_help = INIT_EXAMPLES)]
     Init {
         #[command(flatten)]
         dirs: PkiDirs,
@@ -34,13 +53,15 @@ pub(super) enum PkiCommand {
     },
     /// Issue a further server or device certificate with the CA in the
     /// certificate folder.
+    #[command(after_help = ISSUE_EXAMPLES)]
     Issue {
         #[command(flatten)]
         dirs: PkiDirs,
         /// What the certificate is for.
         #[arg(long, value_enum)]
         role: IssueRole,
-        /// Device name, or the server's primary name.
+        /// Device name, or the server's primary name (`ca` is reserved, and
+        /// `server` for devices).
         #[arg(long, value_name = "NAME")]
         name: String,
         /// Further names of a server certificate (DNS name or IP address); repeatable.

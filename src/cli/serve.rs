@@ -17,7 +17,16 @@ use crate::pki::Role;
 use crate::server::{self, ServerSettings};
 use crate::transfer::UploadLimits;
 
+const EXAMPLES: &str = "\
+Examples:
+  secured serve                                       # 127.0.0.1:7443, certs/server.pem, keys/server.key, certs/ca.pem
+  secured serve --listen 0.0.0.0:7443 --data-dir /srv/secured
+  secured serve --max-file-size 2GiB --idle-timeout 60
+  secured --log-format json serve                     # one JSON object per line, for journald
+  secured --config /etc/secured.toml serve";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7443].
     #[arg(long, value_name = "ADDR")]
