@@ -41,7 +41,7 @@ pub fn kind_of(content_type: &str) -> MediaKind {
 
 /// The media type the extension of `name` suggests, if any.
 #[must_use]
-pub fn content_type_from_name(name: &Path) -> Option<String> {
+fn content_type_from_name(name: &Path) -> Option<String> {
     mime_guess::from_path(name)
         .first()
         .map(|m| m.essence_str().to_owned())
