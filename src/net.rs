@@ -85,7 +85,7 @@ mod tests {
         assert!(sock.keepalive().unwrap());
         assert_eq!(
             sock.tcp_user_timeout().unwrap(),
-            Some(Duration::from_secs(7))
+            Some(Duration::from_secs(12))
         );
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
         reset_on_close(&server);

@@ -32,11 +32,10 @@ fn template() -> &'static Path {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        expired_device_certificate(dir.path(), "old");
         let out = secured(
             dir.path(),
-            &[
-                "pki", "issue", "--role", "device", "--name", "old", "--days", "0",
-            ],
+            &["pki", "issue", "--role", "device", "--name", "device-2"],
         );
         assert!(
             out.status.success(),
@@ -51,6 +50,38 @@ fn template() -> &'static Path {
         dir
     })
     .path()
+}
+
+/// Issues `certs/<name>.pem` and `keys/<name>.key` under the CA in `dir`,
+/// valid from two days ago until yesterday (through the library: the CLI
+/// refuses to issue a certificate that is not valid for at least a day).
+fn expired_device_certificate(dir: &Path, name: &str) {
+    use secured::pki::{CertificateAuthority, Role, Validity, write_cert_pem, write_key_pem};
+    let ca = CertificateAuthority::load(
+        &dir.join("certs/ca.pem"),
+        &dir.join("keys/ca.key"),
+        secured::crypto::default_provider(),
+    )
+    .unwrap();
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let validity = Validity {
+        not_before: now - 2 * day,
+        not_after: now - day,
+    };
+    let leaf = ca.issue(Role::Device, name, &[], 2048, validity).unwrap();
+    write_cert_pem(
+        &dir.join(format!("certs/{name}.pem")),
+        &leaf.cert_der,
+        false,
+    )
+    .unwrap();
+    write_key_pem(
+        &dir.join(format!("keys/{name}.key")),
+        &leaf.key_pkcs8_der,
+        false,
+    )
+    .unwrap();
 }
 
 fn workdir() -> tempfile::TempDir {
@@ -250,8 +281,17 @@ fn serve_and_send_text_through_the_binaries() {
     assert!(stdout.contains(": ok"), "{stdout}");
     // The server logs the sender, length and hash of a text, not the text.
     let line = server.wait_for(&["text received", "\"bytes\":18"]);
-    assert!(line.contains("\"device\":\"device-1\""), "{line}");
     assert!(!line.contains("hello from the CLI"), "{line}");
+    let line = json_object(&line);
+    assert_eq!(line["device"], "device-1", "{line:?}");
+    assert_eq!(line["level"], "INFO", "{line:?}");
+    assert_eq!(line["priority"], 6, "{line:?}");
+    assert!(line["stream"].is_u64(), "stream ids are numbers: {line:?}");
+    assert_eq!(line["sha256"].as_str().map(str::len), Some(64), "{line:?}");
+    // Every line of the server's log is one JSON object.
+    for early in &server.early {
+        assert!(json_object(early).contains_key("priority"), "{early}");
+    }
 }
 
 #[test]
@@ -300,6 +340,125 @@ fn a_missing_file_is_named() {
     assert_one_sentence_error(&out, &["nowhere/ca.pem"]);
     let out = secured(dir.path(), &["--config", "missing.toml", "serve"]);
     assert_one_sentence_error(&out, &["missing.toml"]);
+}
+
+/// A private key that group or others may read is refused, as OpenSSH
+/// does, with the command that fixes it.
+#[test]
+fn a_private_key_readable_by_others_is_refused() {
+    let dir = workdir();
+    let chmod = |file: &str, mode: u32| {
+        std::fs::set_permissions(dir.path().join(file), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    };
+    chmod("keys/device-1.key", 0o644);
+    let out = secured(dir.path(), &["device", "send-text", "x"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: keys/device-1.key is accessible to group or others (mode 0644), but a private key must be readable by its owner only; run `chmod 600 keys/device-1.key`\n"
+    );
+    chmod("keys/server.key", 0o640);
+    // A data folder that cannot be one, so a server that accepted the key
+    // would stop at once instead of serving.
+    let out = secured(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "certs/ca.pem",
+        ],
+    );
+    assert_one_sentence_error(
+        &out,
+        &[
+            "keys/server.key",
+            "(mode 0640)",
+            "`chmod 600 keys/server.key`",
+        ],
+    );
+    chmod("keys/ca.key", 0o604);
+    let out = secured(
+        dir.path(),
+        &["pki", "issue", "--role", "device", "--name", "device-3"],
+    );
+    assert_one_sentence_error(
+        &out,
+        &["keys/ca.key", "(mode 0604)", "`chmod 600 keys/ca.key`"],
+    );
+    assert!(!dir.path().join("certs/device-3.pem").exists());
+}
+
+/// Without a PKI, the error says how to make one.
+#[test]
+fn a_missing_pki_points_to_pki_init() {
+    let empty = tempfile::tempdir().unwrap();
+    let no_ca = "error: certs/ca.pem does not exist; create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one\n";
+    let out = secured(empty.path(), &["device", "send-text", "x"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(stderr(&out), no_ca);
+    let out = secured(empty.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(stderr(&out), no_ca);
+    let out = secured(
+        empty.path(),
+        &["pki", "issue", "--role", "device", "--name", "d"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: no CA certificate at certs/ca.pem; create one with `secured pki init`, or pass --certs-dir and --keys-dir (or --config FILE) for the folders that hold ca.pem and ca.key\n"
+    );
+    // A PKI without this device's certificate.
+    let dir = workdir();
+    let out = secured(
+        dir.path(),
+        &["device", "--name", "nobody", "send-text", "x"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: certs/nobody.pem does not exist; issue it with `secured pki issue --role device --name nobody` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key\n"
+    );
+    let out = secured(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--key", "keys/nope.key"],
+    );
+    assert_one_sentence_error(&out, &[]);
+    assert_eq!(
+        stderr(&out),
+        "error: keys/nope.key does not exist; create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)\n"
+    );
+}
+
+/// `ca` and `server` name the CLI's own files: no device may take them,
+/// not even with --force, which would replace the server's key.
+#[test]
+fn device_certificates_cannot_take_the_ca_or_server_files() {
+    let dir = workdir();
+    let before = std::fs::read(dir.path().join("keys/server.key")).unwrap();
+    for name in ["server", "ca"] {
+        let out = secured(
+            dir.path(),
+            &[
+                "pki", "issue", "--role", "device", "--name", name, "--force",
+            ],
+        );
+        assert_one_sentence_error(&out, &[]);
+        let owner = if name == "ca" { "CA" } else { "server" };
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: \"{name}\" is reserved for the {owner}'s own files; choose another name\n"
+            )
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("keys/server.key")).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -364,7 +523,6 @@ fn a_certificate_from_another_ca_is_refused() {
 #[test]
 fn an_expired_certificate_is_refused() {
     let dir = workdir();
-    std::thread::sleep(Duration::from_millis(1100));
     let out = secured(dir.path(), &["device", "send-text", "--name", "old", "x"]);
     assert_one_sentence_error(&out, &["certs/old.pem", "expired"]);
 }
@@ -391,12 +549,7 @@ fn the_wrong_server_name_is_refused() {
 #[test]
 fn nothing_listening_is_one_sentence() {
     let dir = workdir();
-    // Bind and drop to find a port that is (very likely) closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let out = secured(
         dir.path(),
         &[
@@ -408,6 +561,270 @@ fn nothing_listening_is_one_sentence() {
         ],
     );
     assert_one_sentence_error(&out, &["cannot connect to 127.0.0.1"]);
+}
+
+/// A port that is (very likely) closed: bound, then dropped.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Parses one line of JSON log output.
+fn json_object(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(line) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => panic!("not one JSON object: {line:?} ({other:?})"),
+    }
+}
+
+/// With JSON logs, the command's final error is one JSON object on standard
+/// error, whether the format comes from the flag or the configuration file.
+#[test]
+fn json_logs_carry_the_final_error() {
+    let dir = workdir();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    std::fs::write(dir.path().join("json.toml"), "[log]\nformat = \"json\"\n").unwrap();
+    for args in [
+        &[
+            "--log-format",
+            "json",
+            "device",
+            "send-text",
+            "--server",
+            &addr,
+            "x",
+        ][..],
+        &[
+            "--config",
+            "json.toml",
+            "device",
+            "send-text",
+            "--server",
+            &addr,
+            "x",
+        ][..],
+    ] {
+        let out = secured(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        let line = json_object(err.trim_end());
+        assert_eq!(line["level"], "ERROR", "{err}");
+        assert_eq!(line["priority"], 3, "{err}");
+        let message = line["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("cannot connect to {addr}: ")),
+            "{err}"
+        );
+        assert!(line["timestamp"].is_string(), "{err}");
+    }
+    // An error before any configuration file is read.
+    let out = secured(
+        dir.path(),
+        &["--log-format", "json", "--config", "missing.toml", "serve"],
+    );
+    let line = json_object(stderr(&out).trim_end());
+    assert_eq!(line["priority"], 3);
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read configuration file missing.toml"),
+        "{line:?}"
+    );
+}
+
+/// A usage error from clap: exit status 2, and a first line naming the
+/// option, the value and why it is refused.
+fn assert_usage_error(out: &Output, first_line: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().next(), Some(first_line), "{err}");
+}
+
+/// Zero and other nonsense for the numeric options are refused before
+/// anything happens, with the option and the allowed values. (`serve` is
+/// given a CA file that does not exist, so that it stops at once if it
+/// accepts the value.)
+#[test]
+fn numeric_options_are_checked() {
+    let dir = workdir();
+    for (args, first_line) in [
+        (
+            &["serve", "--ca", "nowhere.pem", "--handshake-timeout", "0"][..],
+            "error: invalid value '0' for '--handshake-timeout <SECS>': 0 is not in 1..=300",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--idle-timeout", "0"][..],
+            "error: invalid value '0' for '--idle-timeout <SECS>': 0 is not in 1..=86400",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-connections", "0"][..],
+            "error: invalid value '0' for '--max-connections <N>': 0 is not in 1..=1000000",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-unauthenticated", "0"][..],
+            "error: invalid value '0' for '--max-unauthenticated <N>': 0 is not in 1..=1000000",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--shutdown-grace", "3601"][..],
+            "error: invalid value '3601' for '--shutdown-grace <SECS>': 3601 is not in 0..=3600",
+        ),
+        (
+            &["serve", "--ca", "nowhere.pem", "--max-file-size", "0"][..],
+            "error: invalid value '0' for '--max-file-size <SIZE>': the largest file must be at least 1 byte, e.g. 500MiB or 64GiB",
+        ),
+        (
+            &["pki", "init", "--days", "0"][..],
+            "error: invalid value '0' for '--days <DAYS>': 0 is not in 1..=36500",
+        ),
+        (
+            &["pki", "init", "--ca-bits", "1024"][..],
+            "error: invalid value '1024' for '--ca-bits <BITS>': the RSA key size must be 2048, 3072 or 4096 bits",
+        ),
+        (
+            &[
+                "pki", "issue", "--role", "device", "--name", "d", "--days", "0",
+            ][..],
+            "error: invalid value '0' for '--days <DAYS>': 0 is not in 1..=36500",
+        ),
+        (
+            &[
+                "pki", "issue", "--role", "device", "--name", "d", "--bits", "3000",
+            ][..],
+            "error: invalid value '3000' for '--bits <BITS>': the RSA key size must be 2048, 3072 or 4096 bits",
+        ),
+    ] {
+        let out = secured(dir.path(), args);
+        assert_usage_error(&out, first_line);
+    }
+    assert!(!dir.path().join("certs/d.pem").exists());
+}
+
+/// The configuration file's numbers get the same checks as the flags.
+#[test]
+fn numeric_configuration_values_are_checked() {
+    let dir = workdir();
+    for (line, expected) in [
+        (
+            "handshake_timeout_secs = 0",
+            "error: bad.toml: [server] handshake_timeout_secs = 0 is not in 1..=300; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "idle_timeout_secs = 0",
+            "error: bad.toml: [server] idle_timeout_secs = 0 is not in 1..=86400; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "max_connections = 0",
+            "error: bad.toml: [server] max_connections = 0 is not in 1..=1000000; set a number of sessions in that range, or remove it for the default\n",
+        ),
+        (
+            "max_unauthenticated = 0",
+            "error: bad.toml: [server] max_unauthenticated = 0 is not in 1..=1000000; set a number of connections in that range, or remove it for the default\n",
+        ),
+        (
+            "shutdown_grace_secs = 86400",
+            "error: bad.toml: [server] shutdown_grace_secs = 86400 is not in 0..=3600; set a number of seconds in that range, or remove it for the default\n",
+        ),
+        (
+            "max_file_size = \"0B\"",
+            "error: bad.toml: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default\n",
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), format!("[server]\n{line}\n")).unwrap();
+        let out = secured(
+            dir.path(),
+            &["--config", "bad.toml", "serve", "--ca", "nowhere.pem"],
+        );
+        assert_one_sentence_error(&out, &[]);
+        assert_eq!(stderr(&out), expected, "{line}");
+    }
+}
+
+/// Shell completions and the manual page come from the same definitions
+/// as --help, and need no PKI or configuration.
+#[test]
+fn completions_and_manual_pages() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = secured(empty.path(), &["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("send-file"), "{script}");
+    assert!(script.contains("--store-as"), "{script}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = secured(empty.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(!out.stdout.is_empty(), "{shell}");
+    }
+
+    let out = secured(empty.path(), &["man"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".TH secured 1 "), "{page}");
+    assert!(
+        page.contains(".SH EXTRA") && page.contains("secured pki init"),
+        "{page}"
+    );
+
+    let out = secured(empty.path(), &["man", "--dir", "."]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in [
+        "secured.1",
+        "secured-serve.1",
+        "secured-device.1",
+        "secured-device-send-file.1",
+        "secured-device-send-text.1",
+        "secured-pki.1",
+        "secured-pki-init.1",
+        "secured-pki-issue.1",
+        "secured-demo.1",
+        "secured-completions.1",
+        "secured-man.1",
+    ] {
+        let page = std::fs::read_to_string(empty.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(page.starts_with(".TH "), "{name}");
+    }
+    let page = std::fs::read_to_string(empty.path().join("secured-device-send-file.1")).unwrap();
+    assert!(page.contains("store\\-as"), "{page}");
+}
+
+/// Every command's --help shows examples.
+#[test]
+fn help_has_examples() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["device", "--help"],
+        &["device", "send-text", "--help"],
+        &["device", "send-file", "--help"],
+        &["pki", "--help"],
+        &["pki", "init", "--help"],
+        &["pki", "issue", "--help"],
+        &["demo", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+    ] {
+        let out = secured(empty.path(), args);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("\nExamples:\n  secured "), "{args:?}: {help}");
+    }
+    let out = secured(empty.path(), &["serve", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for default in [
+        "[default: 10]",
+        "[default: 300]",
+        "[default: 64GiB]",
+        "[default: 127.0.0.1:7443]",
+    ] {
+        assert!(help.contains(default), "{default}: {help}");
+    }
 }
 
 #[test]
@@ -425,12 +842,14 @@ fn demo_runs_end_to_end() {
         "[4/5] sent",
         "[5/5] sending",
         "sunrise.png: ",
-        "holiday.mp4: 3145728 bytes, video/mp4",
+        "holiday.mp4: 3.00 MiB (3,145,728 bytes), video/mp4 (video)",
+        "minutes.pdf: ",
+        "application/pdf (file)",
         "ENDD",
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
-    assert_eq!(stdout.matches("its SHA-256 matches").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("its SHA-256 matches").count(), 3, "{stdout}");
 }
 
 #[test]
@@ -470,19 +889,201 @@ fn send_file_reports_and_stores_through_the_binaries() {
     assert!(line.contains("\"size\":100008"), "{line}");
 }
 
+/// A TCP proxy on 127.0.0.1:0 to `target`, for one connection, that cuts
+/// it once more than `limit` bytes came from the device. Returns its
+/// address.
+fn cutting_proxy(target: &str, limit: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let target = target.to_owned();
+    std::thread::spawn(move || {
+        let (device, _) = listener.accept().unwrap();
+        let server = TcpStream::connect(&target).unwrap();
+        let (mut from_server, mut to_device) =
+            (server.try_clone().unwrap(), device.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_server, &mut to_device);
+        });
+        let (mut from_device, mut to_server) =
+            (device.try_clone().unwrap(), server.try_clone().unwrap());
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        loop {
+            let n = match from_device.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            total += n;
+            if total > limit || to_server.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = device.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    });
+    addr
+}
+
+/// A refused file reports no rate (nothing was sent), and the JSON report
+/// has a status, a code and a message for it.
+#[test]
+fn a_refused_file_is_reported_with_its_code_and_no_rate() {
+    let dir = workdir();
+    let server = ServerProcess::start_with(dir.path(), &["--max-file-size", "1KiB"]);
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 4096]).unwrap();
+    std::fs::write(dir.path().join("small.bin"), b"fits").unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "big.bin",
+            "small.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error"], serde_json::Value::Null);
+    let big = &report["files"][0];
+    assert_eq!(big["status"], "refused", "{big}");
+    assert_eq!(big["code"], "too_large", "{big}");
+    assert!(
+        big["message"].as_str().unwrap().contains("too_large"),
+        "{big}"
+    );
+    assert_eq!(big["size"], 4096);
+    assert_eq!(big["bytes_sent"], 0);
+    assert_eq!(big["bytes_per_second"], 0);
+    let small = &report["files"][1];
+    assert_eq!(small["status"], "stored", "{small}");
+    assert_eq!(small["code"], "ok", "{small}");
+    assert_eq!(small["bytes_sent"], 4);
+    assert!(small["bytes_per_second"].as_u64().unwrap() > 0, "{small}");
+
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--server", &server.addr, "big.bin"],
+    );
+    assert_one_sentence_error(&out, &["1 of 1 files were not stored as sent"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("big.bin: 4.00 KiB (4,096 bytes), application/octet-stream (file)\n"),
+        "{text}"
+    );
+    assert!(text.contains("  server: refused (too_large): "), "{text}");
+    assert!(!text.contains("/s"), "a rate for nothing sent: {text}");
+}
+
+/// When no session starts, every file is listed as not sent, and `--json`
+/// still prints the report, with the error.
+#[test]
+fn files_are_listed_as_not_sent_when_the_connection_fails() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("a.bin"), b"a").unwrap();
+    std::fs::write(dir.path().join("b.bin"), b"b").unwrap();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &addr,
+            "--json",
+            "a.bin",
+            "b.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &["cannot connect to"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("cannot connect to {addr}")),
+        "{report}"
+    );
+    assert_eq!(report["device"], "device-1");
+    assert_eq!(report["server"], serde_json::Value::Null);
+    let files = report["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for f in files {
+        assert_eq!(f["status"], "not_sent", "{f}");
+        assert_eq!(f["code"], "connect_failed", "{f}");
+        assert_eq!(f["verified"], false, "{f}");
+    }
+    let out = secured(
+        dir.path(),
+        &["device", "send-file", "--server", &addr, "a.bin", "b.bin"],
+    );
+    assert_one_sentence_error(&out, &["cannot connect to"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("  not sent: cannot connect to").count(),
+        2,
+        "{text}"
+    );
+}
+
+/// A session that dies in the middle of the first file: that file failed,
+/// after some bytes, and the next one is listed as not sent.
+#[test]
+fn files_after_a_dead_session_are_listed_as_not_sent() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    big_file(&dir.path().join("first.bin"), 4);
+    std::fs::write(dir.path().join("second.bin"), b"never").unwrap();
+    let proxy = cutting_proxy(&server.addr, 1 << 20);
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &proxy,
+            "--json",
+            "first.bin",
+            "second.bin",
+        ],
+    );
+    assert_one_sentence_error(&out, &[]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["error"].is_string(), "{report}");
+    assert_eq!(report["server"], "localhost");
+    let (first, second) = (&report["files"][0], &report["files"][1]);
+    assert_eq!(first["status"], "failed", "{first}");
+    assert!(first["bytes_sent"].as_u64().unwrap() < 4 << 20, "{first}");
+    assert_eq!(second["status"], "not_sent", "{second}");
+    assert_eq!(second["code"], first["code"], "{report}");
+    assert!(!dir.path().join("data/device-1/first.bin").exists());
+}
+
 #[test]
 fn send_file_refuses_bad_input_before_connecting() {
     let dir = workdir();
     std::fs::write(dir.path().join("notes.txt"), "not media").unwrap();
-    let out = secured(dir.path(), &["device", "send-file", "notes.txt"]);
-    assert_one_sentence_error(&out, &["notes.txt", "--kind"]);
     let out = secured(dir.path(), &["device", "send-file", "missing.png"]);
     assert_one_sentence_error(&out, &["missing.png"]);
     let out = secured(
         dir.path(),
-        &["device", "send-file", "--name", "x.png", "a.png", "b.png"],
+        &[
+            "device",
+            "send-file",
+            "--store-as",
+            "x.png",
+            "a.png",
+            "b.png",
+        ],
     );
-    assert_one_sentence_error(&out, &["--name"]);
+    assert_one_sentence_error(
+        &out,
+        &["--store-as applies to a single file; send the files one by one to rename them"],
+    );
     let out = secured(
         dir.path(),
         &[
@@ -490,12 +1091,166 @@ fn send_file_refuses_bad_input_before_connecting() {
             "send-file",
             "--kind",
             "image",
-            "--name",
+            "--store-as",
             "up/../x.png",
             "notes.txt",
         ],
     );
     assert_one_sentence_error(&out, &["up/../x.png", "separator"]);
+}
+
+/// A forced image or video kind that the magic bytes contradict is refused
+/// with what the file looks like and what to pass instead.
+#[test]
+fn a_kind_the_content_contradicts_is_refused() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("clip.mp4"),
+        b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("shot.png"),
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("doc.pdf"), b"%PDF-1.7\n").unwrap();
+    for (kind, file, expected) in [
+        (
+            "image",
+            "clip.mp4",
+            "error: clip.mp4 looks like a video (video/mp4), not an image; pass --kind video or leave --kind out\n",
+        ),
+        (
+            "video",
+            "shot.png",
+            "error: shot.png looks like an image (image/png), not a video; pass --kind image or leave --kind out\n",
+        ),
+        (
+            "image",
+            "doc.pdf",
+            "error: doc.pdf looks like neither an image nor a video (application/pdf), not an image; pass --kind file or leave --kind out\n",
+        ),
+    ] {
+        let out = secured(dir.path(), &["device", "send-file", "--kind", kind, file]);
+        assert_one_sentence_error(&out, &[]);
+        assert_eq!(stderr(&out), expected);
+    }
+}
+
+/// Any file can be sent: what is neither an image nor a video travels as
+/// kind `file`, with the content type detection found; `--kind file` fits
+/// anything.
+#[test]
+fn send_file_sends_any_file() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    let files: [(&str, &[u8]); 4] = [
+        ("firmware.bin", b"\0\x01\x02\x03\xff\xfe"),
+        ("report.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n"),
+        ("backup.tar.gz", b"\x1f\x8b\x08\0\0\0\0\0\0\x03"),
+        ("shot.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+    ];
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "firmware.bin",
+            "report.pdf",
+            "backup.tar.gz",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent = report["files"].as_array().unwrap();
+    for (entry, content_type) in sent.iter().zip([
+        "application/octet-stream",
+        "application/pdf",
+        "application/gzip",
+    ]) {
+        assert_eq!(entry["kind"], "file", "{entry}");
+        assert_eq!(entry["content_type"], content_type, "{entry}");
+        assert_eq!(entry["verified"], true, "{entry}");
+    }
+    for (name, content) in &files[..3] {
+        let stored = std::fs::read(dir.path().join("data/device-1").join(name)).unwrap();
+        assert_eq!(&stored[..], *content, "{name}");
+    }
+    // `--kind file` on an image: sent as a file, its content type kept.
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "--json",
+            "--kind",
+            "file",
+            "shot.png",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"][0]["kind"], "file");
+    assert_eq!(report["files"][0]["content_type"], "image/png");
+    server.wait_for(&["file stored", "shot.png"]);
+}
+
+/// `--name` is the device's identity wherever it stands; `--store-as` names
+/// the stored file.
+#[test]
+fn name_selects_the_device_and_store_as_the_stored_name() {
+    let dir = workdir();
+    let server = ServerProcess::start(dir.path());
+    std::fs::write(dir.path().join("a.bin"), b"first").unwrap();
+    std::fs::write(dir.path().join("x"), b"second").unwrap();
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "--name",
+            "device-2",
+            "send-file",
+            "--server",
+            &server.addr,
+            "a.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("data/device-2/a.bin")).unwrap(),
+        b"first"
+    );
+    // After the subcommand too, `--name` selects the device.
+    let out = secured(
+        dir.path(),
+        &[
+            "device",
+            "send-file",
+            "--server",
+            &server.addr,
+            "x",
+            "--name",
+            "device-2",
+            "--store-as",
+            "y.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dir.path().join("data/device-2/y.bin")).unwrap(),
+        b"second"
+    );
+    assert!(!dir.path().join("data/device-2/x").exists());
+    assert!(!dir.path().join("data/device-1").join("y.bin").exists());
 }
 
 #[test]

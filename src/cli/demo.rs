@@ -1,5 +1,5 @@
 //! `secured demo`: a throwaway PKI, a server on loopback, a device that
-//! authenticates, sends text and closes; every step printed.
+//! authenticates, sends text and files, and closes; every step printed.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,11 +15,16 @@ use super::device::load_device_config;
 use super::serve::load_server_config;
 use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::media::detect_file;
-use crate::message::MediaKind;
 use crate::pki::{self, InitOptions, PkiPaths, ServerName};
 use crate::server::{self, ServerSettings};
 
+const EXAMPLES: &str = "\
+Examples:
+  secured demo                                  # PKI, server, device, text and three files
+  secured demo --video-size 2GiB --keep         # a larger file; keep the folder to look at it";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct DemoArgs {
     /// The text the device sends.
     #[arg(long, default_value = "hello from device-1")]
@@ -36,7 +41,17 @@ fn other(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::Other(format!("{what}: {e}"))
 }
 
-/// Writes a gradient PNG and a video-sized MP4-framed file of random bytes.
+/// A one-page PDF document, as a generic file for the demo.
+const DEMO_PDF: &[u8] = b"%PDF-1.4
+1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj
+2 0 obj << /Type /Pages /Kids [3 0 R] /Count 1 >> endobj
+3 0 obj << /Type /Page /Parent 2 0 R /MediaBox [0 0 300 100] >> endobj
+trailer << /Root 1 0 R >>
+%%EOF
+";
+
+/// Writes a gradient PNG, a video-sized MP4-framed file of random bytes and
+/// a small PDF (a file that is neither an image nor a video).
 fn generate_media(dir: &Path, video_size: u64) -> std::io::Result<Vec<OutgoingFile>> {
     std::fs::create_dir_all(dir)?;
     let image_path = dir.join("sunrise.png");
@@ -85,11 +100,11 @@ fn generate_media(dir: &Path, video_size: u64) -> std::io::Result<Vec<OutgoingFi
         file.flush()?;
     }
 
+    let document_path = dir.join("minutes.pdf");
+    std::fs::write(&document_path, DEMO_PDF)?;
+
     let mut files = Vec::new();
-    for (path, kind) in [
-        (image_path, MediaKind::Image),
-        (video_path, MediaKind::Video),
-    ] {
+    for path in [image_path, video_path, document_path] {
         let detected = detect_file(&path)?;
         files.push(OutgoingFile {
             name: path
@@ -97,7 +112,7 @@ fn generate_media(dir: &Path, video_size: u64) -> std::io::Result<Vec<OutgoingFi
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             size: std::fs::metadata(&path)?.len(),
-            kind,
+            kind: detected.kind,
             content_type: detected.content_type,
             path,
         });
@@ -180,7 +195,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         args.text, ack.status
     );
 
-    // 5. An image and a video-sized file as signed IMGX streams.
+    // 5. An image, a video-sized file and a document as signed IMGX streams.
     let media = dir.path().join("media");
     let video_size = args.video_size.as_u64();
     let gen_dir = media.clone();
@@ -189,10 +204,11 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(format!("generating the demo files stopped: {e}")))?
         .map_err(other("cannot generate the demo files"))?;
     println!(
-        "[5/5] sending a generated image and a {} video file, signed with RSA-PSS, in 64 KiB records:",
-        args.video_size.display().iec()
+        "[5/5] sending a generated image, a {} video and a PDF document (kind file), signed with RSA-PSS, in 64 KiB records:",
+        indicatif::HumanBytes(args.video_size.as_u64())
     );
-    let reports = super::files::send_over(&mut client, &files, false).await?;
+    let mut reports = Vec::with_capacity(files.len());
+    super::files::send_over(&mut client, &files, false, &mut reports).await?;
     client.close().await?;
     println!("      session closed with ENDD in both directions");
 

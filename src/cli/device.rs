@@ -11,12 +11,31 @@ use super::CliError;
 use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::handshake::DeviceConfig;
-use crate::media::detect_file;
+use crate::media::{Detected, OCTET_STREAM, detect_file};
 use crate::message::MediaKind;
 use crate::pki::{Role, ServerName};
 use crate::store::validate_file_name;
 
+const EXAMPLES: &str = "\
+Examples:
+  secured device send-text 'hello'                                  # as device-1, to 127.0.0.1:7443
+  secured device --server server.example.net:7443 --name cam-2 send-file clip.mp4";
+
+const SEND_TEXT_EXAMPLES: &str = "\
+Examples:
+  secured device send-text 'hello'                   # as device-1, to 127.0.0.1:7443
+  echo 'from a pipe' | secured device send-text -
+  secured device --server 192.0.2.10:7443 --name cam-2 send-text 'door opened'";
+
+const SEND_FILE_EXAMPLES: &str = "\
+Examples:
+  secured device send-file photo.jpg clip.mp4 report.pdf   # one session; kinds detected
+  secured device send-file scan.bin --store-as scan-2024.bin
+  secured device send-file frame.raw --kind image           # when the bytes say nothing
+  secured device --name cam-2 send-file --json backup.tar.gz";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct DeviceArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -36,10 +55,11 @@ pub(super) struct ConnArgs {
     /// Device name: selects certs/NAME.pem and keys/NAME.key [default: device-1].
     #[arg(long, global = true, value_name = "NAME")]
     name: Option<String>,
-    /// Device certificate (PEM); overrides the one --name selects.
+    /// Device certificate (PEM); overrides the one --name selects [default: certs/NAME.pem].
     #[arg(long, global = true, value_name = "FILE")]
     cert: Option<PathBuf>,
-    /// Device private key (PKCS#8 PEM); overrides the one --name selects.
+    /// Device private key (PKCS#8 PEM, mode 0600); overrides the one --name
+    /// selects [default: keys/NAME.key].
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<PathBuf>,
     /// CA certificate that issued the server's certificate [default: certs/ca.pem].
@@ -50,22 +70,24 @@ pub(super) struct ConnArgs {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Send a text message (use - to read it from standard input).
+    #[command(after_help = SEND_TEXT_EXAMPLES)]
     SendText {
         /// The text, UTF-8, at most 32768 bytes.
         text: String,
     },
-    /// Send image or video files, signed, over one session.
+    /// Send files (images, video or anything else), signed, over one session.
+    #[command(after_help = SEND_FILE_EXAMPLES)]
     SendFile {
         /// The files to send.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
         /// Name to store the file under (one file only) [default: its file name].
         #[arg(long, value_name = "NAME")]
-        name: Option<String>,
+        store_as: Option<String>,
         /// What the files are; `auto` decides from magic bytes or the extension.
         #[arg(long, value_enum, default_value_t = KindArg::Auto)]
         kind: KindArg,
-        /// Print the transfer report as JSON.
+        /// Print the transfer report as JSON (also when the session fails).
         #[arg(long)]
         json: bool,
     },
@@ -73,8 +95,13 @@ enum Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum KindArg {
+    /// A still image.
     Image,
+    /// A video.
     Video,
+    /// Any other file (a document, an archive, raw bytes).
+    File,
+    /// Image or video if the content says so, otherwise file.
     Auto,
 }
 
@@ -85,7 +112,11 @@ pub(super) struct Resolved {
 }
 
 /// Checks a file before connecting and fills in its metadata.
-fn prepare_file(path: &Path, name: Option<&str>, kind: KindArg) -> Result<OutgoingFile, CliError> {
+fn prepare_file(
+    path: &Path,
+    store_as: Option<&str>,
+    kind: KindArg,
+) -> Result<OutgoingFile, CliError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
@@ -94,14 +125,14 @@ fn prepare_file(path: &Path, name: Option<&str>, kind: KindArg) -> Result<Outgoi
             path.display()
         )));
     }
-    let name = match name {
+    let name = match store_as {
         Some(n) => n.to_owned(),
         None => path
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| {
                 CliError::Other(format!(
-                    "{} has no UTF-8 file name; pass --name",
+                    "{} has no UTF-8 file name; pass --store-as NAME",
                     path.display()
                 ))
             })?
@@ -112,29 +143,7 @@ fn prepare_file(path: &Path, name: Option<&str>, kind: KindArg) -> Result<Outgoi
     })?;
     let detected = detect_file(path)
         .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
-    let (kind, content_type) = match (kind, detected.kind) {
-        (KindArg::Auto, Some(k)) => (k, detected.content_type),
-        (KindArg::Auto, None) => {
-            return Err(CliError::Usage(format!(
-                "cannot tell whether {} is an image or a video (it looks like {}); pass --kind image or --kind video",
-                path.display(),
-                detected.content_type
-            )));
-        }
-        (forced, found) => {
-            let k = if forced == KindArg::Image {
-                MediaKind::Image
-            } else {
-                MediaKind::Video
-            };
-            let ct = if found == Some(k) {
-                detected.content_type
-            } else {
-                "application/octet-stream".to_owned()
-            };
-            (k, ct)
-        }
-    };
+    let (kind, content_type) = resolve_kind(path, kind, detected)?;
     Ok(OutgoingFile {
         path: path.to_owned(),
         name,
@@ -142,6 +151,45 @@ fn prepare_file(path: &Path, name: Option<&str>, kind: KindArg) -> Result<Outgoi
         content_type,
         size: meta.len(),
     })
+}
+
+/// The kind and content type to declare for a file: what detection found,
+/// or the kind the user forced. Forcing `image` or `video` on content whose
+/// magic bytes say otherwise is refused; `file` fits anything.
+fn resolve_kind(
+    path: &Path,
+    arg: KindArg,
+    detected: Detected,
+) -> Result<(MediaKind, String), CliError> {
+    let forced = match arg {
+        KindArg::Auto => return Ok((detected.kind, detected.content_type)),
+        KindArg::File => return Ok((MediaKind::File, detected.content_type)),
+        KindArg::Image => MediaKind::Image,
+        KindArg::Video => MediaKind::Video,
+    };
+    if detected.kind == forced {
+        Ok((forced, detected.content_type))
+    } else if detected.by_magic {
+        let (looks, pass) = match detected.kind {
+            MediaKind::Image => ("an image", "--kind image"),
+            MediaKind::Video => ("a video", "--kind video"),
+            MediaKind::File => ("neither an image nor a video", "--kind file"),
+        };
+        Err(CliError::Usage(format!(
+            "{} looks like {looks} ({}), not {}; pass {pass} or leave --kind out",
+            path.display(),
+            detected.content_type,
+            if forced == MediaKind::Image {
+                "an image"
+            } else {
+                "a video"
+            },
+        )))
+    } else {
+        // The bytes say nothing and only the extension disagrees: the user
+        // knows better, but the extension's type would be a lie.
+        Ok((forced, OCTET_STREAM.to_owned()))
+    }
 }
 
 /// The host part of `host:port` or `[v6]:port`.
@@ -225,19 +273,19 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
     match args.action {
         Action::SendFile {
             paths,
-            name,
+            store_as,
             kind,
             json,
         } => {
-            if name.is_some() && paths.len() > 1 {
+            if store_as.is_some() && paths.len() > 1 {
                 return Err(CliError::Usage(
-                    "--name applies to a single file; send the files one by one to rename them"
+                    "--store-as applies to a single file; send the files one by one to rename them"
                         .into(),
                 ));
             }
             let files = paths
                 .iter()
-                .map(|p| prepare_file(p, name.as_deref(), kind))
+                .map(|p| prepare_file(p, store_as.as_deref(), kind))
                 .collect::<Result<Vec<_>, _>>()?;
             let resolved = resolve(&args.conn, file)?;
             super::files::send_files(&resolved.addr, resolved.config, &files, json).await

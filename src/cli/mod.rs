@@ -3,6 +3,7 @@
 
 mod demo;
 mod device;
+mod docs;
 mod files;
 mod pki;
 mod serve;
@@ -17,21 +18,24 @@ use crate::config::{ConfigError, FileConfig};
 use crate::logging::{self, LogFormat};
 use crate::pki::PkiError;
 
-/// secured: send text, images and video from devices to a server over a
-/// mutually authenticated, encrypted protocol.
+/// secured: send text and files (images, video, anything) from devices to a
+/// server over a mutually authenticated, encrypted protocol.
 #[derive(Debug, Parser)]
 #[command(name = "secured", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     /// TOML configuration file; command-line flags override it.
     #[arg(long, global = true, env = "SECURED_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format: human-readable text or JSON lines (for journald and pipes).
+    /// Log format: human-readable text or JSON lines (for journald and
+    /// pipes); with json, the final error is a JSON line too [default: text].
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence).
+    /// Log filter, e.g. `info` or `debug` (RUST_LOG takes precedence)
+    /// [default: info for serve and demo, warn otherwise].
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Crypto backend for RSA: `aws-lc` (default when built in) or `rustcrypto`.
+    /// Crypto backend for RSA: `aws-lc` or `rustcrypto` [default: aws-lc
+    /// when built in, otherwise rustcrypto].
     #[arg(long, global = true, value_name = "BACKEND")]
     crypto: Option<String>,
     #[command(subcommand)]
@@ -43,7 +47,9 @@ Examples:
   secured pki init                          # CA, server and device-1 certificates in certs/ and keys/
   secured serve                             # listen on 127.0.0.1:7443 with those files
   secured device send-text 'hello'          # as device-1, to 127.0.0.1:7443
-  secured demo                              # all of the above in a temporary folder";
+  secured device send-file report.pdf       # any file, signed and verified
+  secured demo                              # all of the above in a temporary folder
+  secured completions bash                  # shell completions; `secured man` for the manual page";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -52,19 +58,23 @@ enum Command {
     /// Act as a device: send to a server.
     Device(device::DeviceArgs),
     /// Manage the private CA and its certificates.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = pki::EXAMPLES)]
     Pki(pki::PkiCommand),
     /// Run a complete demonstration on loopback in a temporary folder.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command.
+    Man(docs::ManArgs),
 }
 
 /// Paths of the PKI folders, shared by several commands.
 #[derive(Debug, Args, Clone)]
 struct PkiDirs {
-    /// Folder of certificates.
+    /// Folder of certificates [default: certs].
     #[arg(long, value_name = "DIR")]
     certs_dir: Option<PathBuf>,
-    /// Folder of private keys.
+    /// Folder of private keys [default: keys].
     #[arg(long, value_name = "DIR")]
     keys_dir: Option<PathBuf>,
 }
@@ -95,6 +105,10 @@ fn load_own_identity(
     ca: &std::path::Path,
     role: crate::pki::Role,
 ) -> Result<(crate::pki::Identity, crate::pki::TrustAnchor), CliError> {
+    require_pki_file(ca, PkiFile::Ca)?;
+    require_pki_file(cert, PkiFile::Own(role))?;
+    require_pki_file(key, PkiFile::Own(role))?;
+    refuse_open_key(key)?;
     let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
     let identity = crate::pki::Identity::load(cert, key, provider)?;
@@ -113,6 +127,55 @@ fn load_own_identity(
         ))
     })?;
     Ok((identity, anchor))
+}
+
+/// Which file of the PKI a command needs.
+#[derive(Debug, Clone, Copy)]
+enum PkiFile {
+    /// The CA certificate.
+    Ca,
+    /// Our own certificate or private key, in this role.
+    Own(crate::pki::Role),
+}
+
+/// Refuses a PKI file that does not exist, with how to make one: a
+/// missing CA means there is no PKI yet (`secured pki init`); a missing
+/// certificate or key next to a CA means this one was not issued.
+fn require_pki_file(path: &std::path::Path, which: PkiFile) -> Result<(), CliError> {
+    if path.try_exists().unwrap_or(true) {
+        // Present, or unknowable: the loader's error will say why.
+        return Ok(());
+    }
+    let p = path.display();
+    let hint = match which {
+        PkiFile::Ca => "create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one".to_owned(),
+        PkiFile::Own(crate::pki::Role::Device) => {
+            let stem = path.file_stem().map_or("NAME".into(), |s| s.to_string_lossy());
+            format!(
+                "issue it with `secured pki issue --role device --name {stem}` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key"
+            )
+        }
+        PkiFile::Own(_) => "create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)".to_owned(),
+    };
+    Err(CliError::Other(format!("{p} does not exist; {hint}")))
+}
+
+/// Refuses a private key that group or others may access, as OpenSSH does:
+/// whoever can read it can impersonate us.
+fn refuse_open_key(key: &std::path::Path) -> Result<(), CliError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(key) else {
+        // The loader reports what is wrong with the file.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CliError::Other(format!(
+            "{k} is accessible to group or others (mode {mode:04o}), but a private key must be readable by its owner only; run `chmod 600 {k}`",
+            k = key.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Everything that can stop a command, as one sentence for the user.
@@ -138,16 +201,32 @@ pub enum CliError {
 /// Parses the command line, runs the command and turns the outcome into an
 /// exit status: 0 on success, 1 with one sentence on standard error
 /// otherwise (2 for unparseable arguments, from clap).
+/// With `--log-format json` the error is one JSON object on standard
+/// error, like the log lines.
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let flag = cli.log_format;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The configuration file may not have been read (it may be what
+            // failed): then the flag decides.
+            let format = LOG_FORMAT.get().copied().or(flag).unwrap_or_default();
+            logging::user_message(format, tracing::Level::ERROR, &e.to_string());
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log format of this run, once the configuration file was read.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Tells the user something went wrong that does not fail the command,
+/// in the log format of this run.
+fn warn_user(message: &str) {
+    let format = LOG_FORMAT.get().copied().unwrap_or_default();
+    logging::user_message(format, tracing::Level::WARN, message);
 }
 
 /// The crypto backend chosen for this run.
@@ -164,6 +243,12 @@ fn provider() -> &'static crate::crypto::CryptoProvider {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
+    // Documentation needs neither the configuration file nor a runtime.
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let file = match &cli.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -183,6 +268,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         _ => "warn",
     };
     let format = cli.log_format.or(file.log.format).unwrap_or_default();
+    let _ = LOG_FORMAT.set(format);
     let level = cli
         .log_level
         .clone()
@@ -190,16 +276,86 @@ fn run(cli: Cli) -> Result<(), CliError> {
         .unwrap_or_else(|| default_level.to_owned());
     logging::init(format, &level);
 
+    let config_path = cli.config.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args, &file).await,
+            Command::Serve(args) => serve::run(args, &file, config_path.as_deref()).await,
             Command::Device(args) => device::run(args, &file).await,
             Command::Pki(cmd) => pki::run(cmd, &file),
             Command::Demo(args) => demo::run(args).await,
+            Command::Completions(_) | Command::Man(_) => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn all_commands(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+        let path = format!("{path} {}", command.get_name());
+        for sub in command.get_subcommands() {
+            all_commands(sub, &path, out);
+        }
+        out.push((path, command.clone()));
+    }
+
+    /// Every command's help ends with examples.
+    #[test]
+    fn every_command_has_examples() {
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "", &mut commands);
+        assert!(commands.len() >= 11, "{}", commands.len());
+        for (path, command) in &commands {
+            let after = command
+                .get_after_help()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Examples:\n  secured"),
+                "{path}: {after:?}"
+            );
+        }
+    }
+
+    /// Every optional option that takes a value shows its default, from
+    /// clap or as `[default: …]` in its help, unless it has none.
+    #[test]
+    fn every_option_shows_its_default() {
+        let without_default = ["--config", "--san"];
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "", &mut commands);
+        let mut missing = Vec::new();
+        for (path, command) in &commands {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if !arg.get_action().takes_values() || arg.is_required_set() {
+                    continue;
+                }
+                let help = arg
+                    .get_long_help()
+                    .or(arg.get_help())
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let flag = format!("--{long}");
+                let shown = !arg.get_default_values().is_empty() || help.contains("[default: ");
+                let exempt = without_default.contains(&flag.as_str());
+                if !shown && !exempt {
+                    missing.push(format!("{path} {flag}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no default shown: {missing:?}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `secured serve`.
 
-use std::path::PathBuf;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,18 @@ use crate::pki::Role;
 use crate::server::{self, ServerSettings};
 use crate::transfer::UploadLimits;
 
+const EXAMPLES: &str = "\
+Examples:
+  secured serve                                       # 127.0.0.1:7443, certs/server.pem, keys/server.key, certs/ca.pem
+  secured serve --listen 0.0.0.0:7443 --data-dir /srv/secured
+  secured serve --max-file-size 2GiB --idle-timeout 60
+  secured --log-format json serve                     # one JSON object per line, for journald
+  secured --config /etc/secured.toml serve";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub(super) struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on [default: 127.0.0.1:7443].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Server certificate (PEM) [default: certs/server.pem].
@@ -32,24 +42,77 @@ pub(super) struct ServeArgs {
     /// Folder for received data, one subfolder per device [default: data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Seconds a device has to complete the handshake [default: 10].
-    #[arg(long, value_name = "SECS")]
+    /// Seconds a device has to complete the handshake, 1 to 300 [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(HANDSHAKE_TIMEOUT_SECS))]
     handshake_timeout: Option<u64>,
-    /// Seconds of silence before an established session is closed [default: 300].
-    #[arg(long, value_name = "SECS")]
+    /// Seconds of silence before an established session is closed, 1 to 86400 [default: 300].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(IDLE_TIMEOUT_SECS))]
     idle_timeout: Option<u64>,
-    /// Most sessions served at once [default: 1024].
-    #[arg(long, value_name = "N")]
+    /// Most sessions served at once, 1 to 1000000 [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(CONNECTIONS))]
     max_connections: Option<usize>,
-    /// Most connections still in the handshake; one more evicts the oldest [default: 128].
-    #[arg(long, value_name = "N")]
+    /// Most connections still in the handshake, 1 to 1000000; one more evicts the oldest [default: 128].
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(CONNECTIONS))]
     max_unauthenticated: Option<usize>,
-    /// Seconds that transfers in flight may go on after SIGTERM or SIGINT [default: 30].
-    #[arg(long, value_name = "SECS")]
+    /// Seconds that transfers in flight may go on after SIGTERM or SIGINT, 0 to 3600 [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(SHUTDOWN_GRACE_SECS))]
     shutdown_grace: Option<u64>,
-    /// Largest file a device may upload, e.g. 500MiB or 64GiB [default: 64GiB].
-    #[arg(long, value_name = "SIZE")]
+    /// Largest file a device may upload, at least 1 byte, e.g. 500MiB or 64GiB [default: 64GiB].
+    #[arg(long, value_name = "SIZE", value_parser = max_file_size)]
     max_file_size: Option<ByteSize>,
+}
+
+/// Allowed `--handshake-timeout` (and `handshake_timeout_secs`), in seconds.
+const HANDSHAKE_TIMEOUT_SECS: RangeInclusive<u64> = 1..=300;
+/// Allowed `--idle-timeout` (and `idle_timeout_secs`), in seconds.
+const IDLE_TIMEOUT_SECS: RangeInclusive<u64> = 1..=86_400;
+/// Allowed `--max-connections` and `--max-unauthenticated`.
+const CONNECTIONS: RangeInclusive<u64> = 1..=1_000_000;
+/// Allowed `--shutdown-grace` (and `shutdown_grace_secs`), in seconds; 0
+/// closes transfers in flight at once.
+const SHUTDOWN_GRACE_SECS: RangeInclusive<u64> = 0..=3_600;
+
+/// Parses `--max-file-size`: a size of at least one byte.
+fn max_file_size(value: &str) -> Result<ByteSize, String> {
+    let size: ByteSize = value.parse()?;
+    if size.as_u64() == 0 {
+        return Err("the largest file must be at least 1 byte, e.g. 500MiB or 64GiB".into());
+    }
+    Ok(size)
+}
+
+/// Checks a number from the configuration file against the range its flag
+/// allows (clap checks the flag itself).
+fn from_file<T: Copy + TryInto<u64>>(
+    config: Option<&Path>,
+    key: &str,
+    value: Option<T>,
+    range: RangeInclusive<u64>,
+    unit: &str,
+) -> Result<Option<T>, CliError> {
+    let Some(v) = value else { return Ok(None) };
+    match v.try_into() {
+        Ok(n) if range.contains(&n) => Ok(Some(v)),
+        Ok(n) => Err(CliError::Usage(format!(
+            "{}: [server] {key} = {n} is not in {}..={}; set {unit} in that range, or remove it for the default",
+            config_name(config),
+            range.start(),
+            range.end()
+        ))),
+        Err(_) => Err(CliError::Usage(format!(
+            "{}: [server] {key} is too large; set {unit} in {}..={}",
+            config_name(config),
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+fn config_name(config: Option<&Path>) -> String {
+    config.map_or_else(
+        || "the configuration file".to_owned(),
+        |p| p.display().to_string(),
+    )
 }
 
 /// Loads and cross-checks the server's certificate, key and CA.
@@ -66,8 +129,54 @@ pub(super) fn load_server_config(
     })
 }
 
-pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliError> {
+pub(super) async fn run(
+    args: ServeArgs,
+    file: &FileConfig,
+    config_path: Option<&Path>,
+) -> Result<(), CliError> {
     let f = &file.server;
+    let conf = config_path;
+    let handshake_timeout = from_file(
+        conf,
+        "handshake_timeout_secs",
+        f.handshake_timeout_secs,
+        HANDSHAKE_TIMEOUT_SECS,
+        "a number of seconds",
+    )?;
+    let idle_timeout = from_file(
+        conf,
+        "idle_timeout_secs",
+        f.idle_timeout_secs,
+        IDLE_TIMEOUT_SECS,
+        "a number of seconds",
+    )?;
+    let max_connections = from_file(
+        conf,
+        "max_connections",
+        f.max_connections,
+        CONNECTIONS,
+        "a number of sessions",
+    )?;
+    let max_unauthenticated = from_file(
+        conf,
+        "max_unauthenticated",
+        f.max_unauthenticated,
+        CONNECTIONS,
+        "a number of connections",
+    )?;
+    let shutdown_grace = from_file(
+        conf,
+        "shutdown_grace_secs",
+        f.shutdown_grace_secs,
+        SHUTDOWN_GRACE_SECS,
+        "a number of seconds",
+    )?;
+    if f.max_file_size.is_some_and(|b| b.as_u64() == 0) {
+        return Err(CliError::Usage(format!(
+            "{}: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default",
+            config_name(conf)
+        )));
+    }
     let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, default: &str| {
         flag.clone()
             .or_else(|| conf.clone())
@@ -85,19 +194,19 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
     let settings = ServerSettings {
         handshake_timeout: args
             .handshake_timeout
-            .or(f.handshake_timeout_secs)
+            .or(handshake_timeout)
             .map_or(defaults.handshake_timeout, Duration::from_secs),
         idle_timeout: args
             .idle_timeout
-            .or(f.idle_timeout_secs)
+            .or(idle_timeout)
             .map_or(defaults.idle_timeout, Duration::from_secs),
         max_connections: args
             .max_connections
-            .or(f.max_connections)
+            .or(max_connections)
             .unwrap_or(defaults.max_connections),
         max_unauthenticated: args
             .max_unauthenticated
-            .or(f.max_unauthenticated)
+            .or(max_unauthenticated)
             .unwrap_or(defaults.max_unauthenticated),
         hello_timeout: f
             .hello_timeout_secs
@@ -109,7 +218,7 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
         early_drop_percent: f.early_drop_percent.unwrap_or(defaults.early_drop_percent),
         shutdown_grace: args
             .shutdown_grace
-            .or(f.shutdown_grace_secs)
+            .or(shutdown_grace)
             .map_or(defaults.shutdown_grace, Duration::from_secs),
         data_dir: data_dir.clone(),
         uploads: UploadLimits {
@@ -119,11 +228,6 @@ pub(super) async fn run(args: ServeArgs, file: &FileConfig) -> Result<(), CliErr
                 .map_or(defaults.uploads.max_file_size, |b| b.as_u64()),
         },
     };
-    if settings.max_connections == 0 {
-        return Err(CliError::Usage(
-            "--max-connections must be at least 1".into(),
-        ));
-    }
 
     let config = load_server_config(&cert, &key, &ca)?;
     let listener = crate::net::bind(&listen)
@@ -160,5 +264,63 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Args;
+
+    use super::*;
+
+    /// The defaults the help shows are the ones the server uses.
+    #[test]
+    fn help_shows_the_real_defaults() {
+        let mut command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let help = command.render_long_help().to_string();
+        let d = ServerSettings::default();
+        for (flag, default) in [
+            (
+                "--handshake-timeout",
+                d.handshake_timeout.as_secs().to_string(),
+            ),
+            ("--idle-timeout", d.idle_timeout.as_secs().to_string()),
+            ("--max-connections", d.max_connections.to_string()),
+            ("--max-unauthenticated", d.max_unauthenticated.to_string()),
+            ("--shutdown-grace", d.shutdown_grace.as_secs().to_string()),
+            ("--listen", DEFAULT_LISTEN.to_owned()),
+        ] {
+            let start = help
+                .find(&format!("{flag} <"))
+                .unwrap_or_else(|| panic!("no {flag} in {help}"));
+            let entry = &help[start..];
+            let entry = &entry[..entry.find("\n      -").unwrap_or(entry.len())];
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{flag}: {entry}"
+            );
+        }
+        assert_eq!(d.uploads.max_file_size, 64 << 30);
+        assert!(help.contains("[default: 64GiB]"), "{help}");
+    }
+
+    #[test]
+    fn configuration_values_outside_the_flag_range_are_refused() {
+        let conf = Some(Path::new("s.toml"));
+        assert_eq!(
+            from_file(conf, "k", Some(5u64), 1..=300, "seconds").unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            from_file::<u64>(conf, "k", None, 1..=300, "seconds").unwrap(),
+            None
+        );
+        let err = from_file(conf, "k", Some(0usize), 1..=300, "a number of seconds")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "s.toml: [server] k = 0 is not in 1..=300; set a number of seconds in that range, or remove it for the default"
+        );
     }
 }

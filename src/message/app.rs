@@ -138,13 +138,15 @@ pub const IMGX_DATA_HEADER_LEN: usize = 5;
 /// Largest chunk in one `IMGX` data record.
 pub const MAX_CHUNK_LEN: usize = crate::record::MAX_PLAINTEXT_LEN - IMGX_DATA_HEADER_LEN;
 
-/// What a streamed file is.
+/// What a streamed file is (proto-spec.md §8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaKind {
     /// A still image (value 1).
     Image,
     /// A video (value 2).
     Video,
+    /// Any other content: a document, an archive, raw bytes (value 3).
+    File,
 }
 
 impl MediaKind {
@@ -154,6 +156,19 @@ impl MediaKind {
         match self {
             Self::Image => 1,
             Self::Video => 2,
+            Self::File => 3,
+        }
+    }
+
+    /// The kind of a wire value; `None` for values this version does not
+    /// define (a receiver refuses those with `decode_error`).
+    #[must_use]
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Image),
+            2 => Some(Self::Video),
+            3 => Some(Self::File),
+            _ => None,
         }
     }
 
@@ -163,6 +178,7 @@ impl MediaKind {
         match self {
             Self::Image => "image",
             Self::Video => "video",
+            Self::File => "file",
         }
     }
 }
@@ -178,7 +194,7 @@ impl fmt::Display for MediaKind {
 pub struct ImgxOpen {
     /// The stream this file travels on.
     pub stream: StreamId,
-    /// Image or video.
+    /// Image, video or any other file.
     pub kind: MediaKind,
     /// Exact number of content bytes that follow.
     pub size: u64,
@@ -256,11 +272,8 @@ impl Imgx {
         let stream = StreamId(r.u32("stream")?);
         let msg = match r.u8("op")? {
             1 => {
-                let kind = match r.u8("kind")? {
-                    1 => MediaKind::Image,
-                    2 => MediaKind::Video,
-                    _ => return Err(r.invalid("kind", "must be 1 (image) or 2 (video)")),
-                };
+                let kind = MediaKind::from_u8(r.u8("kind")?)
+                    .ok_or_else(|| r.invalid("kind", "must be 1 (image), 2 (video) or 3 (file)"))?;
                 let size = r.u64("size")?;
                 let name = r.vec_u16("name", 1, MAX_FILE_NAME_LEN)?;
                 let name = std::str::from_utf8(name)
@@ -363,6 +376,43 @@ mod tests {
         let mut out = Vec::new();
         msg.encode(&mut out);
         assert_eq!(out, body);
+    }
+
+    fn open_body(kind: u8) -> Vec<u8> {
+        let mut body = b"\x00\x00\x00\x01\x01".to_vec();
+        body.push(kind);
+        body.extend_from_slice(&7u64.to_be_bytes());
+        body.extend_from_slice(b"\x00\x05a.pdf\x00\x0fapplication/pdf");
+        body
+    }
+
+    /// Kind 3 is a generic file (proto-spec.md §8.3), and survives a round
+    /// trip; every value the spec does not define is refused.
+    #[test]
+    fn open_kinds() {
+        let body = open_body(3);
+        let msg = Imgx::decode(&body).unwrap();
+        let Imgx::Open(open) = &msg else {
+            panic!("not an open");
+        };
+        assert_eq!(open.kind, MediaKind::File);
+        assert_eq!(open.kind.name(), "file");
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        assert_eq!(out, body);
+        for (value, kind) in [(1, MediaKind::Image), (2, MediaKind::Video)] {
+            assert_eq!(MediaKind::from_u8(value), Some(kind));
+            assert_eq!(kind.to_u8(), value);
+        }
+        for bad in [0u8, 4, 255] {
+            assert!(
+                matches!(
+                    Imgx::decode(&open_body(bad)),
+                    Err(DecodeError::Invalid { field: "kind", .. })
+                ),
+                "kind {bad}"
+            );
+        }
     }
 
     /// An over-long reason is cut at a character boundary, so the peer can

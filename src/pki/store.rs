@@ -245,10 +245,12 @@ pub fn issue_files(
             },
         });
     }
-    if name == CA_STEM {
+    // The CA's files are never a leaf's; the server's are never a device's
+    // (`--role device --name server --force` would replace the server key).
+    if name == CA_STEM || (role == Role::Device && name == SERVER_STEM) {
         return Err(PkiError::ReservedName {
             name: name.to_owned(),
-            owner: "CA",
+            owner: if name == CA_STEM { "CA" } else { "server" },
         });
     }
     let default_names;
@@ -607,6 +609,23 @@ mod tests {
             matches!(reserved, PkiError::ReservedName { .. }),
             "{reserved}"
         );
+        // A device named `server` would replace the server's key (with --force).
+        let server_key = std::fs::read(paths.key_file("server")).unwrap();
+        let reserved = issue_files(
+            &paths,
+            Role::Device,
+            "server",
+            &[],
+            &IssueOptions::default(),
+            true,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert_eq!(
+            reserved.to_string(),
+            "\"server\" is reserved for the server's own files; choose another name"
+        );
+        assert_eq!(std::fs::read(paths.key_file("server")).unwrap(), server_key);
         let bad = issue_files(
             &paths,
             Role::Server,
