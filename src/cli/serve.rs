@@ -164,6 +164,34 @@ pub(super) async fn run(
         CONNECTIONS,
         "a number of connections",
     )?;
+    let hello_timeout = from_file(
+        conf,
+        "hello_timeout_secs",
+        f.hello_timeout_secs,
+        HANDSHAKE_TIMEOUT_SECS,
+        "a number of seconds",
+    )?;
+    let per_source = from_file(
+        conf,
+        "max_unauthenticated_per_source",
+        f.max_unauthenticated_per_source,
+        CONNECTIONS,
+        "a number of connections",
+    )?;
+    let early_drop_start = from_file(
+        conf,
+        "early_drop_start",
+        f.early_drop_start,
+        CONNECTIONS,
+        "a number of connections",
+    )?;
+    let early_drop_percent = from_file(
+        conf,
+        "early_drop_percent",
+        f.early_drop_percent,
+        0..=100,
+        "a percentage",
+    )?;
     let shutdown_grace = from_file(
         conf,
         "shutdown_grace_secs",
@@ -208,14 +236,11 @@ pub(super) async fn run(
             .max_unauthenticated
             .or(max_unauthenticated)
             .unwrap_or(defaults.max_unauthenticated),
-        hello_timeout: f
-            .hello_timeout_secs
-            .map_or(defaults.hello_timeout, Duration::from_secs),
-        max_unauthenticated_per_source: f
-            .max_unauthenticated_per_source
+        hello_timeout: hello_timeout.map_or(defaults.hello_timeout, Duration::from_secs),
+        max_unauthenticated_per_source: per_source
             .unwrap_or(defaults.max_unauthenticated_per_source),
-        early_drop_start: f.early_drop_start.unwrap_or(defaults.early_drop_start),
-        early_drop_percent: f.early_drop_percent.unwrap_or(defaults.early_drop_percent),
+        early_drop_start: early_drop_start.unwrap_or(defaults.early_drop_start),
+        early_drop_percent: early_drop_percent.unwrap_or(defaults.early_drop_percent),
         shutdown_grace: args
             .shutdown_grace
             .or(shutdown_grace)
@@ -230,6 +255,7 @@ pub(super) async fn run(
     };
 
     let config = load_server_config(&cert, &key, &ca)?;
+    raise_file_limit(&settings);
     let listener = crate::net::bind(&listen)
         .await
         .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
@@ -249,6 +275,22 @@ pub(super) async fn run(
                 data_dir.display()
             ))
         })
+}
+
+/// Raises the soft limit on open files to the hard limit: every session
+/// and every pending handshake holds a descriptor. Warns when even that is
+/// below what the limits allow.
+fn raise_file_limit(settings: &ServerSettings) {
+    let wanted = (settings.max_connections + 2 * settings.max_unauthenticated + 64) as u64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            open_files = limit,
+            wanted,
+            "the open-file limit is below what max_connections and max_unauthenticated allow; raise it (ulimit -n, or LimitNOFILE= for a service)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
