@@ -92,6 +92,7 @@ impl SessionError {
             Self::Record(RecordError::TooLarge | RecordError::Exhausted) => {
                 Some(AlertCode::InternalError)
             }
+            Self::Record(RecordError::Overflow) => Some(AlertCode::RecordOverflow),
             Self::Record(_) => Some(AlertCode::BadRecordMac),
             Self::Decode(_) => Some(AlertCode::DecodeError),
             Self::Unexpected(_) => Some(AlertCode::UnexpectedMessage),
