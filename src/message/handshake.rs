@@ -129,7 +129,7 @@ impl Helo {
         out.extend_from_slice(&self.nonce);
         put_vec_u16(out, &self.cert_der);
         let mut ext = Vec::new();
-        for e in self.extensions.iter().take(MAX_EXTENSIONS) {
+        for e in &self.extensions {
             ext.extend_from_slice(&e.kind.to_be_bytes());
             put_vec_u16(&mut ext, &e.data);
         }
@@ -257,21 +257,6 @@ mod tests {
         assert_eq!(
             Helo::decode(&helo_with(&block)).unwrap().extensions.len(),
             4
-        );
-    }
-
-    #[test]
-    fn encoding_keeps_at_most_32_extensions() {
-        let mut helo = Helo::decode(&helo_with(&empty_extensions(0x100, 32))).unwrap();
-        helo.extensions.push(Extension {
-            kind: 0x900,
-            data: Vec::new(),
-        });
-        let mut body = Vec::new();
-        helo.encode(&mut body);
-        assert_eq!(
-            Helo::decode(&body).unwrap().extensions.len(),
-            MAX_EXTENSIONS
         );
     }
 }
