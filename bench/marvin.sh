@@ -33,6 +33,7 @@ trap cleanup EXIT
 
 for backend in ${BACKENDS:-aws-lc rustcrypto}; do
   log="$work/server-$backend.log"
+  : >"$log"
   "$bin" --crypto "$backend" serve --listen 127.0.0.1:0 --cert "$work/certs/server.pem" \
     --key "$work/keys/server.key" --ca "$work/certs/ca.pem" --data-dir "$work/data" \
     --log-format json 2>"$log" &
