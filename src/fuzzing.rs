@@ -483,7 +483,13 @@ fn open_forged(keys: &DirectionKeys, kind: FrameKind, data: &[u8]) {
         Ok(plain) => {
             let padding = ciphertext_len - plain.len();
             assert!((1..=16).contains(&padding), "padding of {padding} bytes");
+            assert!(plain.len() <= MAX_PLAINTEXT_LEN, "oversize plaintext");
         }
+        // Up to 65,551 bytes fit the frame; more than 65,536 are refused.
+        Err(RecordError::Overflow) => assert!(
+            ciphertext_len > MAX_PLAINTEXT_LEN + 1,
+            "a ciphertext of {ciphertext_len} bytes cannot overflow"
+        ),
         Err(e) => assert_eq!(e, RecordError::BadRecordMac),
     }
 }

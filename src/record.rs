@@ -33,6 +33,12 @@ pub enum RecordError {
     /// from another session.
     #[error("a record failed authentication (tampered, replayed, reordered or dropped)")]
     BadRecordMac,
+    /// A record authenticated, but its plaintext exceeds
+    /// [`MAX_PLAINTEXT_LEN`] (proto-spec.md §7): a frame has room for up to
+    /// 15 bytes more than the largest plaintext, which no conforming peer
+    /// seals.
+    #[error("a record's plaintext exceeds {MAX_PLAINTEXT_LEN} bytes")]
+    Overflow,
     /// The direction has used up its sequence numbers.
     #[error("the session has reached its record limit and must be renewed")]
     Exhausted,
@@ -233,8 +239,10 @@ impl RecordReader {
     /// into the frame's own buffer: no copy).
     ///
     /// # Errors
-    /// [`RecordError::BadRecordMac`] for any authentication failure,
-    /// [`RecordError::Exhausted`] past [`MAX_RECORDS`].
+    /// [`RecordError::BadRecordMac`] for any authentication failure
+    /// (length, tag, padding), [`RecordError::Overflow`] for a plaintext
+    /// over [`MAX_PLAINTEXT_LEN`] (checked once the tag verified and the
+    /// padding is removed), [`RecordError::Exhausted`] past [`MAX_RECORDS`].
     pub fn open(&mut self, frame: Frame) -> Result<BytesMut, RecordError> {
         if self.seq >= MAX_RECORDS {
             return Err(RecordError::Exhausted);
@@ -243,6 +251,9 @@ impl RecordReader {
         let mut body = frame.body;
         let range = self.opener.open(self.seq, &head, &mut body)?;
         self.seq += 1;
+        if range.len() > MAX_PLAINTEXT_LEN {
+            return Err(RecordError::Overflow);
+        }
         body.truncate(range.end);
         let _ = body.split_to(range.start);
         Ok(body)
@@ -335,6 +346,44 @@ mod tests {
             w.seal(FrameKind::SECX, &vec![0; MAX_PLAINTEXT_LEN + 1]),
             Err(RecordError::TooLarge)
         ));
+    }
+
+    /// A frame has room for 65,551 bytes of plaintext (65,536 padded to
+    /// 65,552 is the largest body, and 65,537 to 65,551 pad to the same
+    /// size), but a record carries at most 65,536 (proto-spec.md §7). The
+    /// writer refuses to seal more, so the record is sealed here with the
+    /// cipher directly, as a peer that ignores the limit would.
+    #[test]
+    fn opened_plaintext_over_the_limit_is_refused() {
+        let keys = DirectionKeys {
+            enc: [1; 32],
+            mac: [2; 32],
+            iv: [3; 32],
+        };
+        let sealer = Sealer::new(&keys);
+        let sealed = |seq: u64, len: usize| {
+            let body_len = cipher::sealed_len(len);
+            assert!(body_len <= frame::MAX_BODY_LEN);
+            let head = frame::header(FrameKind::IMGX, body_len);
+            let mut body = BytesMut::zeroed(body_len);
+            sealer.seal(seq, &head, &vec![0x5a; len], &mut body);
+            Frame {
+                kind: FrameKind::IMGX,
+                body,
+            }
+        };
+        assert_eq!(
+            cipher::sealed_len(MAX_PLAINTEXT_LEN + 15),
+            frame::MAX_BODY_LEN
+        );
+        let mut r = RecordReader::new(&keys);
+        assert_eq!(r.open(sealed(0, MAX_PLAINTEXT_LEN)).unwrap().len(), 65_536);
+        assert_eq!(r.open(sealed(1, 65_540)), Err(RecordError::Overflow));
+        let mut r = RecordReader::new(&keys);
+        assert_eq!(
+            r.open(sealed(0, MAX_PLAINTEXT_LEN + 15)),
+            Err(RecordError::Overflow)
+        );
     }
 
     impl RecordReader {

@@ -35,7 +35,7 @@ use crate::handshake::{
     DeviceConfig, DeviceStart, Established, ExpectDeviceHelo, HandshakeError, ServerConfig,
 };
 use crate::message::{AlertCode, DecodeError, Message, StreamId};
-use crate::pki::{CertifiedPeer, VerifiedPeer};
+use crate::pki::{CertifiedPeer, Role, VerifiedPeer};
 use crate::record::{RecordError, RecordReader, RecordWriter};
 
 /// Default limit for a whole handshake.
@@ -188,6 +188,7 @@ impl SessionError {
             Self::Record(RecordError::TooLarge | RecordError::Exhausted) => {
                 Some(AlertCode::InternalError)
             }
+            Self::Record(RecordError::Overflow) => Some(AlertCode::RecordOverflow),
             Self::Record(_) => Some(AlertCode::BadRecordMac),
             Self::Decode(_) => Some(AlertCode::DecodeError),
             Self::Unexpected(_) => Some(AlertCode::UnexpectedMessage),
@@ -621,14 +622,18 @@ where
     /// As [`Session::recv`].
     pub async fn recv_within(&mut self, limit: Duration) -> Result<Message, SessionError> {
         let (kind, plain) = self.recv_raw(limit).await?;
+        // The type alone decides (proto-spec.md §9.1): handshake messages
+        // never come after the handshake, and a device never answers a
+        // stream in version 1, since the server opens none.
+        let device_ack = kind == FrameKind::ACK && self.peer.role() == Role::Device;
+        if matches!(kind, FrameKind::HELO | FrameKind::PREM | FrameKind::FINI) || device_ack {
+            return Err(SessionError::Unexpected(kind));
+        }
         match Message::decode_owned(kind, plain)? {
             Message::Alert(code) => Err(SessionError::PeerAlert(code)),
             Message::Endd => {
                 self.received_endd = true;
                 Ok(Message::Endd)
-            }
-            m @ (Message::Helo(_) | Message::Prem(_) | Message::Fini(_)) => {
-                Err(SessionError::Unexpected(m.kind()))
             }
             m => Ok(m),
         }

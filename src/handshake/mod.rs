@@ -159,8 +159,12 @@ fn expect_kind(frame: &Frame, expected: FrameKind) -> Result<(), HandshakeError>
     })
 }
 
-/// The bytes the device signs in `PREM` (proto-spec.md §5.3).
-fn device_proof_input(hellos_hash: &[u8; HASH_LEN], encrypted_pre_master: &[u8]) -> Vec<u8> {
+/// The bytes the device signs in `PREM` (proto-spec.md §5.3):
+/// [`DEVICE_PROOF_CONTEXT`] ‖ `hellos_hash` (SHA-256 of both `HELO` frames)
+/// ‖ SHA-256(`encrypted_pre_master`). Public for the test vectors and for
+/// tools that craft their own `PREM`.
+#[must_use]
+pub fn device_proof_input(hellos_hash: &[u8; HASH_LEN], encrypted_pre_master: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(DEVICE_PROOF_CONTEXT.len() + 2 * HASH_LEN);
     m.extend_from_slice(DEVICE_PROOF_CONTEXT);
     m.extend_from_slice(hellos_hash);

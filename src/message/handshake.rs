@@ -10,6 +10,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 /// Largest extensions block in a `HELO`.
 pub const MAX_EXTENSIONS_LEN: usize = 4096;
+/// Most extensions a `HELO` may carry. The block has room for 1,024 empty
+/// ones; the cap bounds the work a receiver does before anything is
+/// authenticated.
+pub const MAX_EXTENSIONS: usize = 32;
 /// Most versions a `HELO` may list.
 pub const MAX_VERSIONS: usize = 16;
 /// Length of the Finished MAC.
@@ -87,14 +91,21 @@ impl Helo {
         let mut er = Reader::new("HELO", ext_block);
         let mut extensions: Vec<Extension> = Vec::new();
         while !er.is_empty() {
+            if extensions.len() == MAX_EXTENSIONS {
+                return Err(er.invalid("extensions", "more than 32 extensions"));
+            }
             let kind = er.u16("extension_type")?;
             let data = er
                 .vec_u16("extension_data", 0, MAX_EXTENSIONS_LEN)?
                 .to_vec();
-            if extensions.iter().any(|e| e.kind == kind) {
-                return Err(er.invalid("extension_type", "duplicate extension"));
-            }
             extensions.push(Extension { kind, data });
+        }
+        // Repeated types, found by sorting: n log n in the number of
+        // extensions, which is at most 32 anyway.
+        let mut kinds: Vec<u16> = extensions.iter().map(|e| e.kind).collect();
+        kinds.sort_unstable();
+        if kinds.windows(2).any(|w| w[0] == w[1]) {
+            return Err(er.invalid("extension_type", "duplicate extension"));
         }
         Ok(Self {
             role,
@@ -181,5 +192,71 @@ impl Fini {
 
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.verify_data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `HELO` body with `extensions` as its extensions block.
+    fn helo_with(extensions: &[u8]) -> Vec<u8> {
+        let mut body = vec![1, 1, 0, 1];
+        body.extend_from_slice(&[7; NONCE_LEN]);
+        put_vec_u16(&mut body, &[0x30, 0x00]);
+        put_vec_u16(&mut body, extensions);
+        body
+    }
+
+    /// `n` empty extensions of the types `first`, `first + 1`, …
+    fn empty_extensions(first: u16, n: usize) -> Vec<u8> {
+        let mut block = Vec::new();
+        for kind in (first..).take(n) {
+            block.extend_from_slice(&kind.to_be_bytes());
+            block.extend_from_slice(&[0, 0]);
+        }
+        block
+    }
+
+    #[test]
+    fn at_most_32_extensions() {
+        let helo = Helo::decode(&helo_with(&empty_extensions(0x100, 32))).unwrap();
+        assert_eq!(helo.extensions.len(), MAX_EXTENSIONS);
+        for n in [33, 1024] {
+            assert_eq!(
+                Helo::decode(&helo_with(&empty_extensions(0x100, n))).unwrap_err(),
+                DecodeError::Invalid {
+                    msg: "HELO",
+                    field: "extensions",
+                    reason: "more than 32 extensions",
+                },
+                "{n} extensions"
+            );
+        }
+        // The block limit still holds on its own.
+        assert!(Helo::decode(&helo_with(&empty_extensions(0x100, 1025))).is_err());
+    }
+
+    #[test]
+    fn repeated_extension_types_are_refused_wherever_they_are() {
+        let mut block = empty_extensions(0x200, 31);
+        block.extend_from_slice(&empty_extensions(0x200, 1));
+        assert!(matches!(
+            Helo::decode(&helo_with(&block)),
+            Err(DecodeError::Invalid {
+                field: "extension_type",
+                ..
+            })
+        ));
+        let mut block = empty_extensions(0x300, 1);
+        block.extend_from_slice(&[0x03, 0x00, 0x00, 0x01, 0xaa]);
+        assert!(Helo::decode(&helo_with(&block)).is_err());
+        // Unknown types in any order are fine.
+        let mut block = empty_extensions(0x400, 2);
+        block.extend_from_slice(&empty_extensions(0x10, 2));
+        assert_eq!(
+            Helo::decode(&helo_with(&block)).unwrap().extensions.len(),
+            4
+        );
     }
 }
