@@ -246,3 +246,22 @@ impl Write for Logs {
         Ok(())
     }
 }
+
+/// Collects the server's events until the next connection ends (at most
+/// `within`): the texts delivered on the way, and how it ended.
+pub async fn texts_until_closed(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+) -> (Vec<String>, Option<secured::service::Ending>) {
+    let mut texts = Vec::new();
+    let ending = next_event(rx, within, |e| match e {
+        Event::Text { text, .. } => {
+            texts.push(text.to_string());
+            None
+        }
+        Event::Closed { ending, .. } => Some(ending),
+        _ => None,
+    })
+    .await;
+    (texts, ending)
+}
