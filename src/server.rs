@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::handshake::ServerConfig;
 use crate::message::{Ack, AckStatus, AlertCode, Imgx, Message, StreamId};
 use crate::session::{DEFAULT_HANDSHAKE_TIMEOUT, Session, SessionError};
-use crate::store::{Cleanup, Store};
+use crate::store::{Cleanup, Store, StoreLimits};
 use crate::transfer::{self, Reply, Sender, Upload, UploadLimits};
 
 /// Operational limits of the daemon.
@@ -58,6 +58,8 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Limits of file uploads.
     pub uploads: UploadLimits,
+    /// Quotas, uploads in flight per device, free-space reserve.
+    pub storage: StoreLimits,
 }
 
 impl Default for ServerSettings {
@@ -70,6 +72,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
             uploads: UploadLimits::default(),
+            storage: StoreLimits::default(),
         }
     }
 }
@@ -80,15 +83,17 @@ impl Default for ServerSettings {
 /// there is removed.
 ///
 /// # Errors
-/// The data folder cannot be created or read. Accept failures (such as
-/// running out of file descriptors) are logged and retried after a pause.
+/// The data folder cannot be used: the error wraps a
+/// [`crate::store::OpenError`]. Accept failures (such as running out of
+/// file descriptors) are logged and retried after a pause.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let (store, cleanup) = Store::open(&settings.data_dir)?;
+    let (store, cleanup) =
+        Store::open(&settings.data_dir, settings.storage.clone()).map_err(std::io::Error::other)?;
     if cleanup != Cleanup::default() {
         info!(
             partial_files = cleanup.partial_files,

@@ -184,7 +184,7 @@ pub async fn handle(
                     ),
                 );
             }
-            match store.begin(sender.device) {
+            match store.begin(sender.device, open.size) {
                 Ok(incoming) => {
                     let stream = open.stream;
                     *active = Some(Upload {
@@ -197,12 +197,12 @@ pub async fn handle(
                     ack(stream, AckStatus::Ok, Vec::new())
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot create a temporary file");
-                    ack(
-                        open.stream,
-                        AckStatus::StorageError,
-                        "the server cannot store files now",
-                    )
+                    if e.status() == AckStatus::StorageError {
+                        tracing::error!(error = %e, "cannot create a temporary file");
+                    } else {
+                        tracing::warn!(name = ?open.name, size = open.size, status = %e.status(), reason = %e, "refused a file");
+                    }
+                    ack(open.stream, e.status(), e.detail())
                 }
             }
         }
@@ -330,11 +330,7 @@ async fn finish(up: Upload, signature: &[u8], sender: &Sender<'_>) -> Reply {
         }
         Err(e) => {
             tracing::error!(error = %e, "publishing a received file failed");
-            ack(
-                stream,
-                AckStatus::StorageError,
-                "the server could not store the file",
-            )
+            ack(stream, AckStatus::StorageError, e.detail())
         }
     }
 }
