@@ -36,7 +36,7 @@ pub enum OpenError {
         path: PathBuf,
     },
     /// No file can be created in the folder.
-    #[error("the data folder {} is not writable ({source}); make it writable or choose another --data-dir", path.display())]
+    #[error("the data folder {} is not writable: {source}; make it writable or choose another --data-dir", path.display())]
     NotWritable {
         /// The data folder.
         path: PathBuf,

@@ -428,7 +428,7 @@ mod tests {
         assert!(matches!(err, OpenError::NotWritable { .. }), "{err}");
         assert!(
             err.to_string()
-                .starts_with("the data folder /proc/self is not writable (")
+                .starts_with("the data folder /proc/self is not writable: ")
         );
         let err = Store::open(
             dir.path(),

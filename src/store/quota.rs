@@ -100,7 +100,7 @@ pub enum Refusal {
     },
     /// The device has as many uploads in flight as it may.
     #[error(
-        "the device already has {uploads} uploads in progress, the most allowed at once; retry when one has ended"
+        "the device already has as many uploads in progress as it may ({max}); retry when one has ended"
     )]
     Busy {
         /// Uploads in flight.
@@ -515,7 +515,7 @@ mod tests {
         let _b = l.reserve("d", 0, u64::MAX).unwrap();
         assert_eq!(
             l.reserve("d", 0, u64::MAX).unwrap_err().to_string(),
-            "the device already has 2 uploads in progress, the most allowed at once; retry when one has ended"
+            "the device already has as many uploads in progress as it may (2); retry when one has ended"
         );
     }
 }
