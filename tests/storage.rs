@@ -636,14 +636,45 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
 
 const BIN: &str = env!("CARGO_BIN_EXE_secured");
 
+/// Runs the binary to its end, killing it if it is still running after a
+/// minute (a server that should have refused to start, say).
 fn secured(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    let mut child = Command::new(BIN)
         .current_dir(dir)
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("SECURED_CONFIG")
-        .output()
-        .expect("run secured")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run secured");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let mut status = None;
+    for _ in 0..6000 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("secured {args:?} was still running after a minute");
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// A folder with the files of `secured pki init`, made once and copied.
