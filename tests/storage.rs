@@ -729,18 +729,27 @@ impl ServerProcess {
                 }
             }
         });
+        let listening = |line: &str| {
+            let rest = line.split_once("\"listening\"").map(|_| line)?;
+            let (_, after) = rest.split_once("\"addr\":\"")?;
+            after.split('"').next().map(str::to_owned)
+        };
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the server starts");
-            if line.contains("\"listening\"") {
-                let start = line.find("\"addr\":\"").unwrap() + 8;
-                let addr = line[start..].split('"').next().unwrap().to_owned();
-                return Self {
-                    child,
-                    addr,
-                    log: rx,
-                };
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    if let Some(addr) = listening(&line) {
+                        return Self {
+                            child,
+                            addr,
+                            log: rx,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the server did not start");
+                }
             }
         }
     }

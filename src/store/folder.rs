@@ -11,9 +11,6 @@ use std::path::{Path, PathBuf};
 use super::quota::Stored;
 use super::{INCOMING, META};
 
-/// The lock file in the data folder, held by the running server.
-pub(super) const LOCK: &str = ".lock";
-
 /// Why the data folder cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,24 +108,17 @@ pub(super) fn create_writable(root: &Path) -> Result<(), OpenError> {
     fs::remove_file(&probe).map_err(not_writable)
 }
 
-/// Takes the advisory lock on `root`, held as long as the returned file is
-/// open.
+/// Takes an advisory lock on the folder `root` itself (no lock file to
+/// leave behind), held as long as the returned handle is open; the kernel
+/// drops it when the process ends, however it ends.
 pub(super) fn lock(root: &Path) -> Result<File, OpenError> {
-    let path = root.join(LOCK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_at(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let folder = File::open(root).map_err(io_at(root))?;
+    match folder.try_lock() {
+        Ok(()) => Ok(folder),
         Err(fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
             path: root.to_owned(),
         }),
-        Err(fs::TryLockError::Error(e)) => Err(io_at(&path)(e)),
+        Err(fs::TryLockError::Error(e)) => Err(io_at(root)(e)),
     }
 }
 

@@ -2,8 +2,7 @@
 //! one folder per device, published atomically, within each device's quota.
 //!
 //! ```text
-//! <data_dir>/
-//!   .lock                     held by the running server (advisory lock)
+//! <data_dir>/                 locked (advisory, on the folder itself) by the running server
 //!   <device>/                 device name from its certificate, never from the device
 //!     <name>                  stored files, mode 0600
 //!     .meta/<name>.json       one metadata record per stored file
@@ -101,7 +100,7 @@ pub struct Store {
 struct Inner {
     root: PathBuf,
     ledger: Arc<Ledger>,
-    /// Holds the advisory lock on `<root>/.lock`.
+    /// Holds the advisory lock on the data folder.
     _lock: File,
 }
 
