@@ -25,6 +25,10 @@
 //! early_drop_percent = 30         # ... with this chance, rising to 100 %
 //! shutdown_grace_secs = 30
 //! max_file_size = "64GiB"
+//! quota_bytes_per_device = "256GiB"  # stored files plus uploads in flight
+//! quota_files_per_device = 100000
+//! max_uploads_per_device = 4         # at once, over all of a device's sessions
+//! min_free_space = "1GiB"            # uploads that would leave less are refused
 //!
 //! [device]
 //! server = "server.example.net:7443"
@@ -115,6 +119,14 @@ pub struct ServerSection {
     pub shutdown_grace_secs: Option<u64>,
     /// Largest upload, e.g. `"64GiB"`.
     pub max_file_size: Option<bytesize::ByteSize>,
+    /// Most bytes one device may store (default 256 GiB).
+    pub quota_bytes_per_device: Option<bytesize::ByteSize>,
+    /// Most files one device may store (default 100,000).
+    pub quota_files_per_device: Option<u64>,
+    /// Most uploads of one device at once (default 4).
+    pub max_uploads_per_device: Option<usize>,
+    /// Free space the data folder's file system keeps (default 1 GiB).
+    pub min_free_space: Option<bytesize::ByteSize>,
 }
 
 /// `[device]`.
@@ -249,6 +261,13 @@ mod tests {
         let cfg = FileConfig::load(&path).unwrap();
         assert_eq!(cfg.crypto.as_deref(), Some("aws-lc"));
         assert!(cfg.server.max_file_size.is_some());
+        assert_eq!(
+            cfg.server.quota_bytes_per_device,
+            Some(bytesize::ByteSize::gib(256))
+        );
+        assert_eq!(cfg.server.quota_files_per_device, Some(100_000));
+        assert_eq!(cfg.server.max_uploads_per_device, Some(4));
+        assert_eq!(cfg.server.min_free_space, Some(bytesize::ByteSize::gib(1)));
     }
 
     #[test]

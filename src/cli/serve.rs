@@ -14,6 +14,7 @@ use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::handshake::ServerConfig;
 use crate::pki::Role;
 use crate::server::{self, ServerSettings};
+use crate::store::{OpenError, StoreLimits};
 use crate::transfer::UploadLimits;
 
 const EXAMPLES: &str = "\
@@ -60,6 +61,15 @@ pub(super) struct ServeArgs {
     /// Largest file a device may upload, at least 1 byte, e.g. 500MiB or 64GiB [default: 64GiB].
     #[arg(long, value_name = "SIZE", value_parser = max_file_size)]
     max_file_size: Option<ByteSize>,
+    /// Most bytes one device may store, uploads in flight included [default: 256GiB].
+    #[arg(long, value_name = "SIZE")]
+    quota_bytes_per_device: Option<ByteSize>,
+    /// Most files one device may store, uploads in flight included [default: 100000].
+    #[arg(long, value_name = "N")]
+    quota_files_per_device: Option<u64>,
+    /// Free space to keep on the data folder's file system; uploads that would leave less are refused [default: 1GiB].
+    #[arg(long, value_name = "SIZE")]
+    min_free_space: Option<ByteSize>,
 }
 
 /// Allowed `--handshake-timeout` (and `handshake_timeout_secs`), in seconds.
@@ -252,7 +262,28 @@ pub(super) async fn run(
                 .or(f.max_file_size)
                 .map_or(defaults.uploads.max_file_size, |b| b.as_u64()),
         },
+        storage: StoreLimits {
+            quota_bytes_per_device: args
+                .quota_bytes_per_device
+                .or(f.quota_bytes_per_device)
+                .map_or(defaults.storage.quota_bytes_per_device, |b| b.as_u64()),
+            quota_files_per_device: args
+                .quota_files_per_device
+                .or(f.quota_files_per_device)
+                .unwrap_or(defaults.storage.quota_files_per_device),
+            max_uploads_per_device: f
+                .max_uploads_per_device
+                .unwrap_or(defaults.storage.max_uploads_per_device),
+            min_free_space: args
+                .min_free_space
+                .or(f.min_free_space)
+                .map_or(defaults.storage.min_free_space, |b| b.as_u64()),
+        },
     };
+    settings
+        .storage
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
 
     let config = load_server_config(&cert, &key, &ca)?;
     raise_file_limit(&settings);
@@ -269,12 +300,16 @@ pub(super) async fn run(
     });
     server::run(listener, config, settings, shutdown)
         .await
-        .map_err(|e| {
-            CliError::Other(format!(
-                "cannot use the data folder {}: {e}",
-                data_dir.display()
-            ))
-        })
+        .map_err(
+            |e| match e.get_ref().and_then(|e| e.downcast_ref::<OpenError>()) {
+                // Already one sentence naming the folder.
+                Some(open) => CliError::Other(open.to_string()),
+                None => CliError::Other(format!(
+                    "cannot use the data folder {}: {e}",
+                    data_dir.display()
+                )),
+            },
+        )
 }
 
 /// Raises the soft limit on open files to the hard limit: every session

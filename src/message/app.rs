@@ -84,6 +84,12 @@ wire_codes! {
     BadName = 7, "bad_name", "the name was refused";
     /// The device abandoned the stream; nothing was kept.
     Aborted = 8, "aborted", "the transfer was abandoned and nothing was stored";
+    /// Over the device's storage quota, in bytes or in files.
+    QuotaExceeded = 9, "quota_exceeded", "the device's storage quota is used up";
+    /// The server's disk would go below its reserve of free space.
+    InsufficientStorage = 10, "insufficient_storage", "the server does not have enough free space";
+    /// Too many uploads of this device in flight; retry later.
+    Busy = 11, "busy", "too many uploads in progress; retry later";
 }
 
 impl fmt::Display for AckStatus {

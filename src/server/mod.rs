@@ -51,7 +51,7 @@ use crate::session::{
     AcceptLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, IoLimits, Progress, Session,
     SessionError,
 };
-use crate::store::{Cleanup, Store};
+use crate::store::{Cleanup, Store, StoreLimits};
 use crate::transfer::UploadLimits;
 
 /// Operational limits of the daemon.
@@ -80,6 +80,8 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Limits of file uploads.
     pub uploads: UploadLimits,
+    /// Quotas, uploads in flight per device, free-space reserve.
+    pub storage: StoreLimits,
 }
 
 impl Default for ServerSettings {
@@ -97,6 +99,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
             uploads: UploadLimits::default(),
+            storage: StoreLimits::default(),
         }
     }
 }
@@ -157,14 +160,16 @@ impl Server {
     /// there is removed.
     ///
     /// # Errors
-    /// The data folder cannot be created or read. Accept failures (such as
-    /// running out of file descriptors) are logged and retried after a pause.
+    /// The data folder cannot be used: the error wraps a
+    /// [`crate::store::OpenError`]. Accept failures (such as running out of
+    /// file descriptors) are logged and retried after a pause.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let (store, cleanup) = Store::open(&self.settings.data_dir)?;
+        let (store, cleanup) = Store::open(&self.settings.data_dir, self.settings.storage.clone())
+            .map_err(std::io::Error::other)?;
         if cleanup != Cleanup::default() {
             info!(
                 partial_files = cleanup.partial_files,

@@ -120,7 +120,7 @@ fn begin(open: ImgxOpen, active: &mut Option<Upload>, cx: &Context<'_>) -> Reply
             format!("the server accepts files up to {limit} bytes"),
         ));
     }
-    match cx.store.begin(cx.device.name()) {
+    match cx.store.begin(cx.device.name(), open.size) {
         Ok(incoming) => {
             let stream = open.stream;
             *active = Some(Upload {
@@ -133,12 +133,18 @@ fn begin(open: ImgxOpen, active: &mut Option<Upload>, cx: &Context<'_>) -> Reply
             Reply::Send(ack(stream, AckStatus::Ok, Vec::new()))
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot create a temporary file");
-            Reply::Send(ack(
-                open.stream,
-                AckStatus::StorageError,
-                "the server cannot store files now",
-            ))
+            if e.status() == AckStatus::StorageError {
+                tracing::error!(error = %e, "cannot create a temporary file");
+            } else {
+                tracing::warn!(
+                    name = open.name.as_str(),
+                    size = open.size,
+                    status = e.status().name(),
+                    reason = %e,
+                    "refused a file"
+                );
+            }
+            Reply::Send(ack(open.stream, e.status(), e.detail()))
         }
     }
 }
@@ -232,11 +238,7 @@ async fn finish(up: Upload, signature: &[u8], cx: &Context<'_>) -> Reply {
         }
         Err(e) => {
             tracing::error!(error = %e, "publishing a received file failed");
-            Reply::Send(ack(
-                stream,
-                AckStatus::StorageError,
-                "the server could not store the file",
-            ))
+            Reply::Send(ack(stream, AckStatus::StorageError, e.detail()))
         }
     }
 }
