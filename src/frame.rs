@@ -37,7 +37,7 @@ impl FrameKind {
     pub const FINI: Self = Self(*b"FINI");
     /// Text message.
     pub const SECX: Self = Self(*b"SECX");
-    /// Image/video stream.
+    /// File stream: an image, a video or any other file.
     pub const IMGX: Self = Self(*b"IMGX");
     /// Acknowledgement with a status.
     pub const ACK: Self = Self(*b"ACK_");

@@ -199,6 +199,7 @@ impl fmt::Debug for TrustAnchor {
 mod tests {
     use super::*;
     use crate::pki::testutil::{fixture, provider, self_signed_leaf};
+    use x509_cert::ext::pkix::KeyUsage;
 
     fn pem(der: &[u8]) -> String {
         der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap()
@@ -239,6 +240,94 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "the CA certificate is not an acceptable certificate: certificate is not a CA certificate (basicConstraints CA:TRUE is missing)"
+        );
+    }
+
+    /// A self-signed certificate with the test CA's name and key, with the
+    /// given key usage and validity.
+    fn ca_variant(usage: KeyUsage, validity: crate::pki::Validity) -> Vec<u8> {
+        use der::Decode;
+        use x509_cert::ext::pkix::BasicConstraints;
+
+        use crate::pki::issue::{CertSpec, extension};
+
+        let f = fixture();
+        let ca = x509_cert::Certificate::from_der(f.ca.cert_der()).unwrap();
+        let tbs = ca.tbs_certificate();
+        let subject = tbs.subject().clone();
+        let spki = tbs.subject_public_key_info().clone();
+        let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).unwrap();
+        let extensions = vec![
+            extension(
+                true,
+                &BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                },
+                &subject,
+            )
+            .unwrap(),
+            extension(true, &usage, &subject).unwrap(),
+            extension(false, &ski, &subject).unwrap(),
+        ];
+        crate::pki::testutil::sign_with(
+            CertSpec {
+                issuer: subject.clone(),
+                subject,
+                spki,
+                validity: validity.to_x509().unwrap(),
+                extensions,
+            },
+            f.ca.key_for_test(),
+        )
+    }
+
+    #[test]
+    fn refuses_a_ca_that_may_not_sign_certificates() {
+        let der = ca_variant(
+            KeyUsage(KeyUsages::CRLSign.into()),
+            crate::pki::Validity::days_from_now(5),
+        );
+        let err = TrustAnchor::from_der(&der, provider()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PkiError::Cert {
+                    source: CertError::MissingKeyUsage {
+                        usage: "keyCertSign"
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ca_not_yet_valid_accepts_no_peer() {
+        let f = fixture();
+        let der = ca_variant(
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+            crate::pki::testutil::future(),
+        );
+        // It loads (an operator may install it ahead of time) ...
+        let anchor = TrustAnchor::from_der(&der, provider()).unwrap();
+        // ... but verifies nothing until it is valid, although the device
+        // certificate's issuer, key and signature all match it.
+        let err = crate::pki::verify_peer(
+            &anchor,
+            &f.device.cert_der,
+            crate::pki::Role::Device,
+            None,
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CertError::AnchorNotYetValid { .. }), "{err}");
+        let at_its_start =
+            crate::pki::testutil::future().not_before + std::time::Duration::from_secs(1);
+        assert!(
+            anchor.check_validity(at_its_start).is_ok(),
+            "valid from its notBefore"
         );
     }
 
