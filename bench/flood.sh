@@ -19,31 +19,20 @@ cargo build --release --quiet --example load --features test-support
 bin=$PWD/target/release/secured
 load=$PWD/target/release/examples/load
 work=$(mktemp -d)
-server_pid=
+. bench/lib.sh
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
-
-"$bin" pki init --certs-dir "$work/certs" --keys-dir "$work/keys" --ca-bits 2048 >/dev/null
+make_pki
 seconds=${SECONDS_EACH:-10}
 
 printf '%-11s %7s %12s %10s %10s\n' "flood from" pause "flood conns" devices completed
 for source in ${SOURCES:-127.0.0.2 127.0.0.1}; do
   for pause in ${PAUSES:-0 0.3 1}; do
-    log="$work/server.log"
-    "$bin" serve --listen 127.0.0.1:0 --cert "$work/certs/server.pem" --key "$work/keys/server.key" \
-      --ca "$work/certs/ca.pem" --data-dir "$work/data" --log-format json 2>"$log" &
-    server_pid=$!
-    addr=
-    for _ in $(seq 1 100); do
-      addr=$(grep -o '"addr":"[^"]*"' "$log" | head -1 | cut -d'"' -f4) || true
-      [ -n "$addr" ] && break
-      sleep 0.1
-    done
-    [ -n "$addr" ] || { echo "server did not start" >&2; cat "$log" >&2; exit 1; }
+    start_server "$work/server.log"
 
     "$load" flood --server "$addr" --source "$source" --seconds "$seconds" >"$work/flood.out" &
     flood_pid=$!
@@ -52,7 +41,7 @@ for source in ${SOURCES:-127.0.0.2 127.0.0.1}; do
       --pause "$pause" --every 0.25 --seconds "$(echo "$seconds - 1.5" | bc -l)" \
       >"$work/paused.out" 2>"$work/paused.err"
     wait "$flood_pid"
-    kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+    stop_server
 
     conns=$(grep -o 'connections=[0-9]*' "$work/flood.out" | cut -d= -f2)
     attempted=$(grep -o 'attempted=[0-9]*' "$work/paused.out" | cut -d= -f2)

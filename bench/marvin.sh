@@ -22,29 +22,16 @@ cargo build --release --quiet --example marvin
 bin=$PWD/target/release/secured
 sampler=$PWD/target/release/examples/marvin
 work=$(mktemp -d)
-server_pid=
+. bench/lib.sh
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  stop_server
   if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-
-"$bin" pki init --certs-dir "$work/certs" --keys-dir "$work/keys" --ca-bits 2048 >/dev/null
+make_pki
 
 for backend in ${BACKENDS:-aws-lc rustcrypto}; do
-  log="$work/server-$backend.log"
-  : >"$log"
-  "$bin" --crypto "$backend" serve --listen 127.0.0.1:0 --cert "$work/certs/server.pem" \
-    --key "$work/keys/server.key" --ca "$work/certs/ca.pem" --data-dir "$work/data" \
-    --log-format json 2>"$log" &
-  server_pid=$!
-  addr=
-  for _ in $(seq 1 100); do
-    addr=$(grep -o '"addr":"[^"]*"' "$log" | head -1 | cut -d'"' -f4) || true
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "the $backend server did not start" >&2; cat "$log" >&2; exit 1; }
+  start_server "$work/server-$backend.log" --crypto "$backend"
 
   echo "== $backend: $sampler --server $addr --rounds $rounds"
   "$sampler" --server "$addr" --ca "$work/certs/ca.pem" --cert "$work/certs/device-1.pem" \
@@ -52,5 +39,5 @@ for backend in ${BACKENDS:-aws-lc rustcrypto}; do
     --csv "$work/timing-$backend.csv"
   echo
 
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+  stop_server
 done

@@ -17,14 +17,13 @@ fi
 cargo build --release --quiet
 bin=$PWD/target/release/secured
 work=$(mktemp -d)
-server_pid=
+. bench/lib.sh
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-"$bin" pki init --certs-dir "$work/certs" --keys-dir "$work/keys" --ca-bits 2048 >/dev/null
+make_pki
 to_bytes() { numfmt --from=iec-i "${1%B}"; }
 
 printf '%-8s %14s %14s %9s %9s\n' size "device peak" "server peak" seconds "MB/s"
@@ -34,17 +33,7 @@ for size in ${SIZES:-64MiB 1GiB 4GiB}; do
   # A sparse file: no disk reads on the device side, and page cache is not RSS anyway.
   truncate -s "$bytes" "$src"
   data="$work/data-$size"
-  log="$work/server-$size.log"
-  "$bin" serve --listen 127.0.0.1:0 --cert "$work/certs/server.pem" --key "$work/keys/server.key" \
-    --ca "$work/certs/ca.pem" --data-dir "$data" --log-format json 2>"$log" &
-  server_pid=$!
-  addr=
-  for _ in $(seq 1 100); do
-    addr=$(grep -o '"addr":"[^"]*"' "$log" | head -1 | cut -d'"' -f4) || true
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "server did not start" >&2; cat "$log" >&2; exit 1; }
+  start_server "$work/server-$size.log"
 
   start=$(date +%s.%N)
   /usr/bin/time -f '%M' -o "$work/device-rss" "$bin" device send-file --server "$addr" \
@@ -54,7 +43,7 @@ for size in ${SIZES:-64MiB 1GiB 4GiB}; do
   grep -q '"verified": true' "$work/report.json" || { echo "transfer not verified" >&2; exit 1; }
 
   server_kib=$(awk '/VmHWM/ {print $2}' "/proc/$server_pid/status")
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+  stop_server
   device_kib=$(tail -1 "$work/device-rss")
   secs=$(echo "$end - $start" | bc -l)
   printf '%-8s %10.1f MiB %10.1f MiB %9.2f %9.0f\n' "$size" \
