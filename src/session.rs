@@ -290,21 +290,45 @@ fn describe_first_bytes(buf: &[u8]) -> String {
     }
 }
 
+/// Whether `buf` holds bytes that cannot begin a frame of one of `kinds`.
+fn starts_foreign(buf: &[u8], kinds: &[FrameKind]) -> bool {
+    let head = &buf[..buf.len().min(4)];
+    !head.is_empty() && !kinds.iter().any(|k| k.0.starts_with(head))
+}
+
 /// The device's first read: a server of this protocol answers with `HELO`
-/// (or an alert). Anything else, including a length over the limit, is a
-/// peer that speaks something else.
+/// (or an alert). A frame type this protocol does not have, or a length
+/// over the limit, is a peer that speaks something else.
 async fn server_first_frame<S>(framed: &mut Framed<S, FrameCodec>) -> Result<Frame, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    const OURS: [FrameKind; 8] = [
+        FrameKind::HELO,
+        FrameKind::PREM,
+        FrameKind::FINI,
+        FrameKind::SECX,
+        FrameKind::IMGX,
+        FrameKind::ACK,
+        FrameKind::ENDD,
+        FrameKind::ALRT,
+    ];
     match next_frame(framed, "the server HELO").await {
-        Ok(frame) if frame.kind == FrameKind::HELO || frame.kind == FrameKind::ALRT => Ok(frame),
+        // A frame of this protocol, if not the one expected, is for the
+        // handshake to refuse.
+        Ok(frame) if OURS.contains(&frame.kind) => Ok(frame),
         Ok(frame) => Err(SessionError::NotSecured {
             first_bytes: describe_first_bytes(&frame.to_wire()),
         }),
         Err(SessionError::Frame(FrameError::TooLarge)) => Err(SessionError::NotSecured {
             first_bytes: describe_first_bytes(framed.read_buffer()),
         }),
+        // A few bytes, not even a frame header of ours, then the end.
+        Err(SessionError::Truncated) if starts_foreign(framed.read_buffer(), &OURS) => {
+            Err(SessionError::NotSecured {
+                first_bytes: describe_first_bytes(framed.read_buffer()),
+            })
+        }
         Err(e) => Err(e),
     }
 }
@@ -770,5 +794,79 @@ where
     #[must_use]
     pub fn next_device_stream(last: Option<StreamId>) -> StreamId {
         StreamId(last.map_or(1, |s| s.0.saturating_add(2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::testkit::pki;
+
+    /// What a device says when it dials something that is not a secured
+    /// server: the peer's first bytes, not a frame-length complaint.
+    #[tokio::test]
+    async fn a_peer_that_speaks_another_protocol_is_named_as_such() {
+        for (answer, shown) in [
+            (
+                &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+                "\"HTTP/1.1 400 Bad\"",
+            ),
+            (&b"SSH-2.0-OpenSSH_9.2\r\n"[..], "\"SSH-2.0-OpenSSH_\""),
+            (&b"\x15\x03\x01\x00\x02\x02\x46"[..], "bytes 15030100020246"),
+        ] {
+            let (device_end, mut other_end) = tokio::io::duplex(64 * 1024);
+            other_end.write_all(answer).await.unwrap();
+            other_end.shutdown().await.unwrap();
+            let err = Session::connect(device_end, pki().device_config(), Duration::from_secs(5))
+                .await
+                .err()
+                .expect("refused");
+            match &err {
+                SessionError::NotSecured { first_bytes } => assert_eq!(first_bytes, shown),
+                other => panic!("{other}"),
+            }
+            assert!(
+                err.to_string()
+                    .starts_with("the other side does not speak the secured protocol (it sent "),
+                "{err}"
+            );
+        }
+    }
+
+    /// A server of this protocol that dies inside its HELO is a truncation.
+    #[tokio::test]
+    async fn a_helo_cut_short_is_a_truncation() {
+        let (device_end, mut other_end) = tokio::io::duplex(64 * 1024);
+        other_end.write_all(b"HELO\0\0\x01").await.unwrap();
+        other_end.shutdown().await.unwrap();
+        let err = Session::connect(device_end, pki().device_config(), Duration::from_secs(5))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, SessionError::Truncated), "{err}");
+    }
+
+    /// A frame of a known kind that is not the server's answer stays a
+    /// protocol error of the handshake, not a foreign protocol.
+    #[tokio::test]
+    async fn a_secured_peer_with_the_wrong_frame_is_not_called_foreign() {
+        let (device_end, mut other_end) = tokio::io::duplex(64 * 1024);
+        other_end.write_all(b"ENDD\0\0\0\0").await.unwrap();
+        let err = Session::connect(device_end, pki().device_config(), Duration::from_secs(5))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                SessionError::Handshake(HandshakeError::Unexpected {
+                    expected: FrameKind::HELO,
+                    got: FrameKind::ENDD
+                })
+            ),
+            "{err}"
+        );
     }
 }
