@@ -135,7 +135,7 @@ pub enum SessionError {
     #[error("the connection ended without ENDD: the session was truncated")]
     Truncated,
     /// The peer does not speak this protocol.
-    #[error("the other side does not speak the secured protocol (it sent {first_bytes})")]
+    #[error("the other side does not speak the secured protocol (it sent {first_bytes}); check that the address is a secured server")]
     NotSecured {
         /// The first bytes received, quoted where printable.
         first_bytes: String,
