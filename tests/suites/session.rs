@@ -5,7 +5,8 @@ include!("prelude.rs");
 
 use std::time::Duration;
 
-use crate::common::{Logs, Tamper, start_proxy, start_server_with, texts_until_closed};
+use crate::common::proxy::{Action, At, Tamper, start_proxy};
+use crate::common::{Logs, next_ending, next_event, start_server_with, texts_until_closed};
 use secured::service::Ending;
 use futures_util::{SinkExt, StreamExt};
 use secured::client::{ClientError, ClientSettings, DeviceClient};
@@ -48,7 +49,7 @@ async fn texts_are_acknowledged_and_delivered_with_their_sender() {
     device.close().await.unwrap();
     let mut texts = Vec::new();
     while texts.len() < 2 {
-        let t = crate::common::next_event(&mut events, Duration::from_secs(5), |e| match e {
+        let t = next_event(&mut events, Duration::from_secs(5), |e| match e {
             secured::service::Event::Text { device, stream, text } => {
                 Some((device, stream.0, text.to_string()))
             }
@@ -65,7 +66,7 @@ async fn texts_are_acknowledged_and_delivered_with_their_sender() {
             ("device-1".to_owned(), 3, "second message ünïcödé".to_owned()),
         ]
     );
-    let (who, ending) = crate::common::next_ending(&mut events, Duration::from_secs(5))
+    let (who, ending) = next_ending(&mut events, Duration::from_secs(5))
         .await
         .expect("the session ends");
     assert_eq!(who.as_deref(), Some("device-1"));
@@ -234,25 +235,39 @@ async fn server_from_another_ca_is_refused_by_the_device() {
     server.stop().await;
 }
 
+/// The device's `PREM` with its proof replaced by a signature made with
+/// another key: what a thief holding only device-1's certificate could send.
+fn forged_device_proof() -> Tamper {
+    let other_key = pki().device2.identity_with(provider());
+    Tamper::up(
+        1,
+        Action::Rewrite(std::sync::Arc::new(move |frame| {
+            let Ok(Message::Prem(mut prem)) = Message::decode(FrameKind::PREM, &frame.body) else {
+                panic!("frame 1 is the PREM, not {}", frame.kind);
+            };
+            prem.device_signature = other_key.key().pss_sign(b"not the transcript").unwrap();
+            Message::Prem(prem).to_plain_frame()
+        })),
+    )
+}
+
 #[tokio::test]
 async fn device_holding_only_a_certificate_is_refused() {
     // The proxy replaces the PREM signature with one made by another key:
     // what a thief holding only device-1's certificate could send.
     let server = start_server_here().await;
-    let other_key = pki().device2.identity_with(provider());
-    let proxy = start_proxy(server.addr, Tamper::Replace { frame: 1 }, move |frame| {
-        let Ok(Message::Prem(mut prem)) = Message::decode(FrameKind::PREM, &frame.body) else {
-            return frame;
-        };
-        prem.device_signature = other_key.key().pss_sign(b"not the transcript").unwrap();
-        Message::Prem(prem).to_plain_frame()
-    })
-    .await;
+    let mut events = server.watch();
+    let proxy = start_proxy(server.addr, forged_device_proof()).await;
     let err = connect(proxy.addr, device_config())
         .await
         .err()
         .expect("refused");
     assert_eq!(peer_alert(&err), Some(AlertCode::DecryptError), "{err}");
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((None, Ending::Alert(AlertCode::DecryptError))),
+        "the server never takes it for the device"
+    );
     server.stop().await;
 }
 
@@ -260,19 +275,16 @@ async fn device_holding_only_a_certificate_is_refused() {
 async fn a_replayed_certificate_is_logged_as_claimed_never_as_the_device() {
     let (logs, _guard) = Logs::capture();
     let server = start_server_here().await;
-    let other_key = pki().device2.identity_with(provider());
+    let mut events = server.watch();
     // device-1's certificate, but a PREM proof made with another key.
-    let proxy = start_proxy(server.addr, Tamper::Replace { frame: 1 }, move |frame| {
-        let Ok(Message::Prem(mut prem)) = Message::decode(FrameKind::PREM, &frame.body) else {
-            return frame;
-        };
-        prem.device_signature = other_key.key().pss_sign(b"not the transcript").unwrap();
-        Message::Prem(prem).to_plain_frame()
-    })
-    .await;
+    let proxy = start_proxy(server.addr, forged_device_proof()).await;
     let err = connect(proxy.addr, device_config()).await.err().expect("refused");
     assert_eq!(peer_alert(&err), Some(AlertCode::DecryptError), "{err}");
-    assert!(logs.wait_for("handshake failed").await, "{}", logs.text());
+    // The server logs the failure before it reports the connection's end.
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((None, Ending::Alert(AlertCode::DecryptError)))
+    );
     let text = logs.text();
     let line = text
         .lines()
@@ -285,7 +297,11 @@ async fn a_replayed_certificate_is_logged_as_claimed_never_as_the_device() {
     let mut good = connect(server.addr, device_config()).await.unwrap();
     good.send_text("proven").await.unwrap();
     good.close().await.unwrap();
-    assert!(logs.wait_for("\"device\":\"device-1\"").await, "{}", logs.text());
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((Some("device-1".to_owned()), Ending::Clean))
+    );
+    assert!(logs.text().contains("\"device\":\"device-1\""), "{}", logs.text());
     server.stop().await;
 }
 
@@ -294,15 +310,11 @@ async fn tampered_record_is_detected_and_nothing_is_accepted() {
     let server = start_server_here().await;
     let mut events = server.watch();
     // Frame 3 is the SECX record; flip a bit in its ciphertext.
-    let proxy = start_proxy(
-        server.addr,
-        Tamper::FlipBit {
-            frame: 3,
-            offset: 20,
-        },
-        |f| f,
-    )
-    .await;
+    let flip = Action::Flip {
+        at: At::Start(20),
+        mask: 0x01,
+    };
+    let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
     assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
@@ -316,15 +328,11 @@ async fn tampered_record_is_detected_and_nothing_is_accepted() {
 async fn tampered_tag_and_type_are_detected() {
     let server = start_server_here().await;
     let mut events = server.watch();
-    let proxy = start_proxy(
-        server.addr,
-        Tamper::FlipBit {
-            frame: 3,
-            offset: -1,
-        },
-        |f| f,
-    )
-    .await;
+    let flip = Action::Flip {
+        at: At::End(1),
+        mask: 0x01,
+    };
+    let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
     assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
@@ -332,11 +340,11 @@ async fn tampered_tag_and_type_are_detected() {
     assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
     assert!(texts.is_empty(), "{texts:?}");
 
-    let proxy = start_proxy(server.addr, Tamper::Replace { frame: 3 }, |mut f| {
+    let retyped = Action::Rewrite(std::sync::Arc::new(|mut f: Frame| {
         f.kind = FrameKind(*b"IMGX");
         f
-    })
-    .await;
+    }));
+    let proxy = start_proxy(server.addr, Tamper::up(3, retyped)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
     assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
@@ -350,7 +358,7 @@ async fn tampered_tag_and_type_are_detected() {
 async fn replayed_record_is_detected() {
     let server = start_server_here().await;
     let mut events = server.watch();
-    let proxy = start_proxy(server.addr, Tamper::Duplicate { frame: 3 }, |f| f).await;
+    let proxy = start_proxy(server.addr, Tamper::up(3, Action::Duplicate)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     // The first copy is accepted, the replay fails authentication.
     device.send_text("pay 10").await.unwrap();
@@ -368,8 +376,9 @@ async fn dropped_and_reordered_records_are_detected() {
     let mut events = server.watch();
     // Device records: 3 = first SECX, 4 = second SECX (the device does not
     // wait for ACKs when pipelining raw sends, so send two before reading).
-    for tamper in [Tamper::Drop { frame: 3 }, Tamper::SwapWithNext { frame: 3 }] {
-        let proxy = start_proxy(server.addr, tamper, |f| f).await;
+    for action in [Action::Drop, Action::SwapWithNext] {
+        let tamper = Tamper::up(3, action);
+        let proxy = start_proxy(server.addr, tamper.clone()).await;
         let stream = TcpStream::connect(proxy.addr).await.unwrap();
         let mut s = Session::connect(stream, device_config(), Duration::from_secs(10))
             .await

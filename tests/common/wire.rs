@@ -1,0 +1,26 @@
+//! What a connection receives, byte for byte.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// A plaintext `ALRT unavailable` (100) on the wire.
+pub const ALRT_UNAVAILABLE: &[u8] = b"ALRT\0\0\0\x02\0\x64";
+
+/// A plaintext `ALRT timeout` (90) on the wire.
+pub const ALRT_TIMEOUT: &[u8] = b"ALRT\0\0\0\x02\0\x5a";
+
+/// Reads until the peer closes (at most `within`; panics if it does not):
+/// the bytes received, and how the reading ended (`Ok` at a clean end of
+/// the stream, the error of a reset).
+pub async fn read_until_closed(
+    stream: &mut TcpStream,
+    within: Duration,
+) -> (Vec<u8>, std::io::Result<()>) {
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(within, stream.read_to_end(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("the peer did not close the connection within {within:?}"));
+    (got, ended.map(drop))
+}
