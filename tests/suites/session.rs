@@ -26,12 +26,20 @@ async fn connect(
     DeviceClient::connect(&addr.to_string(), config, ClientSettings::default()).await
 }
 
-fn peer_alert(e: &ClientError) -> Option<AlertCode> {
+/// The alert with which the server refused the handshake, if it did.
+fn handshake_alert(e: &ClientError) -> Option<AlertCode> {
     match e {
-        ClientError::Session(SessionError::PeerAlert(code))
-        | ClientError::Session(SessionError::Handshake(HandshakeError::PeerAlert(code))) => {
+        ClientError::Session(SessionError::Handshake(HandshakeError::PeerAlert(code))) => {
             Some(*code)
         }
+        _ => None,
+    }
+}
+
+/// The protected alert with which the server ended the session, if it did.
+fn session_alert(e: &ClientError) -> Option<AlertCode> {
+    match e {
+        ClientError::Session(SessionError::PeerAlert(code)) => Some(*code),
         _ => None,
     }
 }
@@ -116,7 +124,7 @@ async fn device_certificate_from_another_ca_is_refused() {
         .await
         .err()
         .expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::UnknownCa), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::UnknownCa), "{err}");
     server.stop().await;
 }
 
@@ -133,7 +141,7 @@ async fn expired_and_future_device_certificates_are_refused() {
             .await
             .err()
             .expect("refused");
-        assert_eq!(peer_alert(&err), Some(alert), "{err}");
+        assert_eq!(handshake_alert(&err), Some(alert), "{err}");
     }
     server.stop().await;
 }
@@ -146,7 +154,7 @@ async fn server_certificate_as_device_and_device_certificate_as_server_are_refus
         .await
         .err()
         .expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::CertificateRole), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::CertificateRole), "{err}");
     server.stop().await;
 
     let mut config = server_config();
@@ -262,7 +270,7 @@ async fn device_holding_only_a_certificate_is_refused() {
         .await
         .err()
         .expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::DecryptError), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::DecryptError), "{err}");
     assert_eq!(
         next_ending(&mut events, Duration::from_secs(5)).await,
         Some((None, Ending::Alert(AlertCode::DecryptError))),
@@ -279,7 +287,7 @@ async fn a_replayed_certificate_is_logged_as_claimed_never_as_the_device() {
     // device-1's certificate, but a PREM proof made with another key.
     let proxy = start_proxy(server.addr, forged_device_proof()).await;
     let err = connect(proxy.addr, device_config()).await.err().expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::DecryptError), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::DecryptError), "{err}");
     // The server logs the failure before it reports the connection's end.
     assert_eq!(
         next_ending(&mut events, Duration::from_secs(5)).await,
@@ -317,7 +325,7 @@ async fn tampered_record_is_detected_and_nothing_is_accepted() {
     let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
     let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
     assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
     assert!(texts.is_empty(), "{texts:?}");
@@ -335,7 +343,7 @@ async fn tampered_tag_and_type_are_detected() {
     let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
     let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
     assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
     assert!(texts.is_empty(), "{texts:?}");
@@ -347,7 +355,7 @@ async fn tampered_tag_and_type_are_detected() {
     let proxy = start_proxy(server.addr, Tamper::up(3, retyped)).await;
     let mut device = connect(proxy.addr, device_config()).await.unwrap();
     let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
     let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
     assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
     assert!(texts.is_empty(), "{texts:?}");
@@ -363,7 +371,7 @@ async fn replayed_record_is_detected() {
     // The first copy is accepted, the replay fails authentication.
     device.send_text("pay 10").await.unwrap();
     let err = device.close().await.unwrap_err();
-    assert_eq!(peer_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
+    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
     let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
     assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
     assert_eq!(texts, ["pay 10"], "delivered once, not twice");
@@ -521,10 +529,11 @@ async fn text_over_the_limit_is_refused_before_sending() {
     let server = start_server_here().await;
     let mut device = connect(server.addr, device_config()).await.unwrap();
     let long = "x".repeat(secured::message::MAX_TEXT_LEN + 1);
-    assert!(matches!(
-        device.send_text(&long).await,
-        Err(ClientError::TextTooLong { .. })
-    ));
+    let err = device.send_text(&long).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::TextTooLong { len } if len == long.len()),
+        "{err}"
+    );
     let exact = "y".repeat(secured::message::MAX_TEXT_LEN);
     device.send_text(&exact).await.unwrap();
     device.close().await.unwrap();
@@ -553,7 +562,7 @@ async fn a_self_signed_certificate_and_the_ca_certificate_are_refused_as_leaves(
         .await
         .err()
         .expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::UnknownCa), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::UnknownCa), "{err}");
 
     // The real CA certificate, with the real CA key, presented by a device.
     let ca_identity =
@@ -563,7 +572,7 @@ async fn a_self_signed_certificate_and_the_ca_certificate_are_refused_as_leaves(
         .await
         .err()
         .expect("refused");
-    assert_eq!(peer_alert(&err), Some(AlertCode::CertificateRole), "{err}");
+    assert_eq!(handshake_alert(&err), Some(AlertCode::CertificateRole), "{err}");
     server.stop().await;
 
     // And presented by a server.
