@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Output, Stdio};
 
 use common::binary::{
-    BIN, ServerProcess, assert_error_is, assert_one_sentence_error, secured, stderr, template,
-    workdir,
+    BIN, ServerProcess, assert_error_is, assert_one_sentence_error, command, secured, send_files,
+    stderr, template, workdir,
 };
 use common::files::write_varied;
 use common::proxy::{Dir, Tamper, start_proxy_thread};
@@ -669,20 +669,8 @@ fn send_file_reports_and_stores_through_the_binaries() {
     let mut content = b"\x89PNG\r\n\x1a\n".to_vec();
     content.extend((0..100_000u32).map(|i| (i % 251) as u8));
     std::fs::write(&png, &content).unwrap();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "shot.png",
-            "shot.png",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &server.addr, &["shot.png", "shot.png"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0]["content_type"], "image/png");
@@ -706,20 +694,8 @@ fn a_refused_file_is_reported_with_its_code_and_no_rate() {
     let server = ServerProcess::start_with(dir.path(), &["--max-file-size", "1KiB"]);
     std::fs::write(dir.path().join("big.bin"), vec![7u8; 4096]).unwrap();
     std::fs::write(dir.path().join("small.bin"), b"fits").unwrap();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "big.bin",
-            "small.bin",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &server.addr, &["big.bin", "small.bin"]);
     assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["error"], serde_json::Value::Null);
     let big = &report["files"][0];
     assert_eq!(big["status"], "refused", "{big}");
@@ -759,20 +735,8 @@ fn files_are_listed_as_not_sent_when_the_connection_fails() {
     std::fs::write(dir.path().join("a.bin"), b"a").unwrap();
     std::fs::write(dir.path().join("b.bin"), b"b").unwrap();
     let addr = format!("127.0.0.1:{}", closed_port());
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &addr,
-            "--json",
-            "a.bin",
-            "b.bin",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &addr, &["a.bin", "b.bin"]);
     assert_one_sentence_error(&out, &["cannot connect to"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         report["error"]
             .as_str()
@@ -816,21 +780,9 @@ fn files_after_a_dead_session_are_listed_as_not_sent() {
         at: 1 << 20,
     };
     let proxy = start_proxy_thread(server.addr.parse().unwrap(), cut).to_string();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &proxy,
-            "--json",
-            "first.bin",
-            "second.bin",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &proxy, &["first.bin", "second.bin"]);
     // The device's writes fail on the dead connection.
     assert_one_sentence_error(&out, &["error: connection error: "]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         report["error"]
             .as_str()
@@ -938,21 +890,12 @@ fn send_file_sends_any_file() {
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).unwrap();
     }
-    let out = secured(
+    let (out, report) = send_files(
         dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "firmware.bin",
-            "report.pdf",
-            "backup.tar.gz",
-        ],
+        &server.addr,
+        &["firmware.bin", "report.pdf", "backup.tar.gz"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let sent = report["files"].as_array().unwrap();
     for (entry, content_type) in sent.iter().zip([
         "application/octet-stream",
@@ -968,21 +911,8 @@ fn send_file_sends_any_file() {
         assert_eq!(&stored[..], *content, "{name}");
     }
     // `--kind file` on an image: sent as a file, its content type kept.
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "--kind",
-            "file",
-            "shot.png",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &server.addr, &["--kind", "file", "shot.png"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files"][0]["kind"], "file");
     assert_eq!(report["files"][0]["content_type"], "image/png");
     server.wait_for(&["file stored", "shot.png"]);
@@ -1076,8 +1006,7 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
         let dir = workdir();
         let content = write_varied(&dir.path().join("movie.mp4"), 96 << 20);
         let mut server = ServerProcess::start_with(dir.path(), &["--shutdown-grace", grace]);
-        let device = Command::new(BIN)
-            .current_dir(dir.path())
+        let device = command(dir.path())
             .args([
                 "device",
                 "send-file",
@@ -1141,8 +1070,7 @@ fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
     let content = write_varied(&dir.path().join("movie.mp4"), 96 << 20);
     let data = dir.path().join("data");
     let mut server = ServerProcess::start(dir.path());
-    let device = Command::new(BIN)
-        .current_dir(dir.path())
+    let device = command(dir.path())
         .args(["device", "send-file", "--server", &server.addr, "movie.mp4"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -10,7 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::binary::{
-    SERVE, ServerProcess, assert_error_is, assert_one_sentence_error, secured, stderr, workdir,
+    SERVE, ServerProcess, assert_error_is, assert_one_sentence_error, secured, send_files, stderr,
+    workdir,
 };
 use common::device::{RawDevice, detail, open};
 use common::files::{outgoing, source_file, write_varied};
@@ -463,22 +464,12 @@ fn a_write_that_fails_mid_file_is_a_storage_error_and_the_server_goes_on() {
     let server = ServerProcess::start_script(dir.path(), &script, &[]);
     write_varied(&dir.path().join("big.mp4"), 4 << 20);
     std::fs::write(dir.path().join("small.mp4"), b"small enough").unwrap();
-    let out = secured(
+    let (out, report) = send_files(
         dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--kind",
-            "video",
-            "--json",
-            "big.mp4",
-            "small.mp4",
-        ],
+        &server.addr,
+        &["--kind", "video", "big.mp4", "small.mp4"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
     let big = &report["files"][0];
     assert_eq!(big["status"], "refused", "{big}");
     assert_eq!(big["code"], "storage_error", "{big}");

@@ -16,16 +16,24 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 /// How long a server process may take to log what a test waits for.
 const LOG_LIMIT: Duration = Duration::from_secs(20);
 
+/// The binary, to run in `dir`, with neither `RUST_LOG` nor
+/// `SECURED_CONFIG` from the environment.
+pub fn command(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("SECURED_CONFIG");
+    command
+}
+
 /// Runs the binary in `dir` to its end, with neither `RUST_LOG` nor
 /// `SECURED_CONFIG` from the environment; kills it and panics if it is
 /// still running after a minute (a server that should have refused to
 /// start, say).
 pub fn secured(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .current_dir(dir)
+    let mut child = command(dir)
         .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("SECURED_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -265,4 +273,20 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `secured device send-file --server SERVER --json ARGS…` in `dir`: the
+/// run, and the JSON report it printed.
+pub fn send_files(dir: &Path, server: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut all = vec!["device", "send-file", "--server", server, "--json"];
+    all.extend_from_slice(args);
+    let out = secured(dir, &all);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}; stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    (out, report)
 }

@@ -95,14 +95,9 @@ async fn texts_are_acknowledged_and_delivered_with_their_sender() {
 #[tokio::test]
 async fn several_devices_at_once() {
     let server = start_server_here().await;
-    let p = pki();
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let config = if i % 2 == 0 {
-            device_config()
-        } else {
-            device_config_as_leaf(p.device2.identity_with(provider()))
-        };
+        let config = device1_or_2(i);
         let addr = server.addr;
         tasks.push(tokio::spawn(async move {
             let mut d = connect(addr, config).await.unwrap();
@@ -313,52 +308,52 @@ async fn a_replayed_certificate_is_logged_as_claimed_never_as_the_device() {
     server.stop().await;
 }
 
+/// A text sent through a proxy applying `tamper` to its record: the
+/// server refuses it with `bad_record_mac` and delivers nothing.
+async fn a_tampered_text_is_refused(server: &crate::common::TestServer, tamper: Tamper) {
+    let mut events = server.watch();
+    let proxy = start_proxy(server.addr, tamper.clone()).await;
+    let mut device = connect(proxy.addr, device_config()).await.unwrap();
+    let err = device.send_text("secret").await.unwrap_err();
+    assert_eq!(
+        session_alert(&err),
+        Some(AlertCode::BadRecordMac),
+        "{tamper:?}: {err}"
+    );
+    let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(
+        ending,
+        Some(Ending::Alert(AlertCode::BadRecordMac)),
+        "{tamper:?}"
+    );
+    assert!(texts.is_empty(), "{tamper:?}: {texts:?}");
+}
+
 #[tokio::test]
 async fn tampered_record_is_detected_and_nothing_is_accepted() {
     let server = start_server_here().await;
-    let mut events = server.watch();
     // Frame 3 is the SECX record; flip a bit in its ciphertext.
     let flip = Action::Flip {
         at: At::Start(20),
         mask: 0x01,
     };
-    let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
-    let mut device = connect(proxy.addr, device_config()).await.unwrap();
-    let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
-    let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
-    assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
-    assert!(texts.is_empty(), "{texts:?}");
+    a_tampered_text_is_refused(&server, Tamper::up(3, flip)).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn tampered_tag_and_type_are_detected() {
     let server = start_server_here().await;
-    let mut events = server.watch();
     let flip = Action::Flip {
         at: At::End(1),
         mask: 0x01,
     };
-    let proxy = start_proxy(server.addr, Tamper::up(3, flip)).await;
-    let mut device = connect(proxy.addr, device_config()).await.unwrap();
-    let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
-    let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
-    assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
-    assert!(texts.is_empty(), "{texts:?}");
-
+    a_tampered_text_is_refused(&server, Tamper::up(3, flip)).await;
     let retyped = Action::Rewrite(std::sync::Arc::new(|mut f: Frame| {
         f.kind = FrameKind(*b"IMGX");
         f
     }));
-    let proxy = start_proxy(server.addr, Tamper::up(3, retyped)).await;
-    let mut device = connect(proxy.addr, device_config()).await.unwrap();
-    let err = device.send_text("secret").await.unwrap_err();
-    assert_eq!(session_alert(&err), Some(AlertCode::BadRecordMac), "{err}");
-    let (texts, ending) = texts_until_closed(&mut events, Duration::from_secs(5)).await;
-    assert_eq!(ending, Some(Ending::Alert(AlertCode::BadRecordMac)));
-    assert!(texts.is_empty(), "{texts:?}");
+    a_tampered_text_is_refused(&server, Tamper::up(3, retyped)).await;
     server.stop().await;
 }
 

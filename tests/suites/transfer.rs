@@ -138,15 +138,10 @@ async fn a_name_collision_keeps_both_files() {
 async fn concurrent_uploads_from_several_devices_land_in_their_own_folders() {
     let server = start_server_here().await;
     let src = tempfile::tempdir().unwrap();
-    let p = pki();
     let mut tasks = Vec::new();
     for i in 0..6 {
         let (path, _) = source_file(src.path(), &format!("src{i}"), 200_000 + i * 1000);
-        let config = if i % 2 == 0 {
-            device_config()
-        } else {
-            device_config_as_leaf(p.device2.identity_with(provider()))
-        };
+        let config = device1_or_2(i);
         let addr = server.addr;
         tasks.push(tokio::spawn(async move {
             let mut d = DeviceClient::connect(&addr.to_string(), config, ClientSettings::default())
