@@ -19,7 +19,7 @@ fn device_config_as_leaf(
 
 /// device-1 for even `i`, device-2 for odd `i`.
 fn device1_or_2(i: usize) -> secured::handshake::DeviceConfig {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         device_config()
     } else {
         device_config_as_leaf(secured::testkit::pki().device2.identity_with(provider()))
