@@ -1,9 +1,9 @@
-//! Log capture, for the tests whose property is what the server logs.
+//! Log capture, for the tests whose property is what the server logs. They
+//! wait for the server's event that follows the log line (the server logs
+//! before it publishes), then read the logs.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-
-use super::wait::eventually;
 
 /// Captured log output of the current thread (use a current-thread runtime
 /// so that the server's tasks log into it too).
@@ -29,11 +29,6 @@ impl Logs {
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
-    }
-
-    /// Waits (bounded) until the logs contain `needle`.
-    pub async fn wait_for(&self, needle: &str) -> bool {
-        eventually(|| self.text().contains(needle)).await
     }
 }
 

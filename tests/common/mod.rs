@@ -2,12 +2,12 @@
 //! 127.0.0.1 port 0 and its events ([`server`]), the tampering proxy
 //! ([`proxy`]), a device that speaks `IMGX` by hand ([`device`]), what is
 //! on disk in the data folder ([`store`]), file contents to send
-//! ([`files`]), what a raw connection receives ([`wire`]), bounded waits
+//! ([`files`]), what a raw connection receives ([`wire`]), a bounded poll
 //! ([`wait`]), log capture ([`logs`]) and the built binary ([`binary`]).
 //!
 //! Every integration test binary includes this module and uses a part of
 //! it, hence the allowance for what a given binary leaves unused.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 pub mod binary;
 pub mod device;
@@ -19,7 +19,11 @@ pub mod store;
 pub mod wait;
 pub mod wire;
 
+// The most used helpers, at the top; a binary that uses others leaves these
+// unused.
+#[allow(unused_imports)]
 pub use logs::Logs;
+#[allow(unused_imports)]
 pub use server::{
     TestServer, next_ending, next_event, start_server, start_server_in, start_server_with,
     texts_until_closed,
