@@ -157,15 +157,18 @@ pub struct Proxied {
 }
 
 impl Proxy {
-    /// Waits (at most `within`) until the connection has ended both ways.
-    pub async fn finished(self, within: Duration) -> Proxied {
-        let recording = tokio::time::timeout(within, self.task)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+    /// Waits (at most `within`) until the connection has ended both ways;
+    /// a proxy still running then is stopped, and what it recorded is lost.
+    pub async fn finished(mut self, within: Duration) -> Proxied {
+        let recording = match tokio::time::timeout(within, &mut self.task).await {
+            Ok(done) => done.unwrap_or_default(),
+            Err(_) => {
+                self.task.abort();
+                Recording::default()
+            }
+        };
         Proxied {
-            server_saw: self.server_saw.await.ok(),
+            server_saw: self.server_saw.try_recv().ok(),
             recording,
         }
     }
