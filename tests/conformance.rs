@@ -1307,6 +1307,8 @@ async fn reply_timeout() {
 async fn handshake_timeout() {
     let server = start_server_with(pki().server_config(), |s| {
         s.handshake_timeout = Duration::from_millis(300);
+        // Only the handshake's limit can end it, not the first frame's.
+        s.hello_timeout = Duration::from_secs(60);
     })
     .await;
     let mut raw = Raw::connect(server.addr).await;

@@ -36,6 +36,8 @@ async fn good_device(addr: std::net::SocketAddr) {
 async fn a_slowloris_client_is_dropped_at_the_handshake_timeout() {
     let server = start_server_with(pki().server_config(), |s| {
         s.handshake_timeout = Duration::from_millis(600);
+        // Only the handshake's limit can end it, not the first frame's.
+        s.hello_timeout = Duration::from_secs(60);
     })
     .await;
     let mut events = server.watch();

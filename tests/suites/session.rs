@@ -466,8 +466,11 @@ async fn truncation_without_endd_is_reported_by_the_device() {
 async fn silent_client_is_dropped_at_the_handshake_timeout() {
     let server = start_server_with(server_config(), |s| {
         s.handshake_timeout = Duration::from_millis(300);
+        // Only the handshake's limit can end it, not the first frame's.
+        s.hello_timeout = Duration::from_secs(60);
     })
     .await;
+    let mut events = server.watch();
     let stream = TcpStream::connect(server.addr).await.unwrap();
     let mut framed = Framed::new(stream, FrameCodec::new());
     let frame = tokio::time::timeout(Duration::from_secs(5), framed.next())
@@ -481,6 +484,10 @@ async fn silent_client_is_dropped_at_the_handshake_timeout() {
         Message::Alert(AlertCode::Timeout)
     );
     assert!(framed.next().await.is_none(), "then the connection closes");
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((None, Ending::Alert(AlertCode::Timeout)))
+    );
     server.stop().await;
 }
 
