@@ -8,19 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::wire::{ALRT_UNAVAILABLE, read_until_closed};
+use common::files::outgoing;
+use common::wire::{ALRT_UNAVAILABLE, exchange_helos, read_until_closed};
 use common::{next_ending, start_server_with};
-use futures_util::{SinkExt, StreamExt};
-use secured::client::{ClientError, ClientSettings, DeviceClient, OutgoingFile};
-use secured::frame::{FrameCodec, FrameKind};
-use secured::handshake::DeviceStart;
+use secured::client::{ClientError, ClientSettings, DeviceClient};
 use secured::message::{AckStatus, AlertCode, Imgx, MediaKind, Message, Secx, StreamId};
 use secured::service::{Ending, Event};
 use secured::session::{AcceptLimits, IoLimits, Session, SessionError};
 use secured::testkit::pki;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::codec::Framed;
 
 /// A device connection whose kernel receive buffer is as small as the
 /// kernel allows, so that what the server sends fills it at once.
@@ -201,13 +198,7 @@ async fn a_device_stops_waiting_for_a_server_that_never_reads() {
     let mut d = DeviceClient::connect(&addr.to_string(), pki().device_config(), settings)
         .await
         .unwrap();
-    let file = OutgoingFile {
-        path,
-        name: "big.bin".into(),
-        kind: MediaKind::Video,
-        content_type: "video/mp4".into(),
-        size,
-    };
+    let file = outgoing(&path, "big.bin", MediaKind::Video, size);
     let started = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(10), d.send_file(&file, |_| {}))
         .await
@@ -239,11 +230,7 @@ async fn connections_in_the_handshake_are_told_unavailable_at_shutdown() {
     // A device that sent its HELO and got the server's: it is in the
     // handshake, and pauses there.
     let stream = TcpStream::connect(server.addr).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::new());
-    let (_state, helo) = DeviceStart::new(pki().device_config()).start().unwrap();
-    framed.send(helo).await.unwrap();
-    let reply = framed.next().await.unwrap().unwrap();
-    assert_eq!(reply.kind, FrameKind::HELO);
+    let mut framed = exchange_helos(stream).await;
 
     server.shutdown.cancel();
     // What the device receives: exactly one plaintext alert, then the end.

@@ -5,19 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::wire::{ALRT_TIMEOUT, ALRT_UNAVAILABLE, read_until_closed};
+use common::wire::{ALRT_TIMEOUT, ALRT_UNAVAILABLE, exchange_helos, read_until_closed};
 use common::{next_ending, start_server_with};
-use futures_util::{SinkExt, StreamExt};
 use secured::client::{ClientError, ClientSettings, DeviceClient};
-use secured::frame::{FrameCodec, FrameKind};
-use secured::handshake::DeviceStart;
 use secured::message::AlertCode;
 use secured::service::Ending;
 use secured::session::SessionError;
 use secured::testkit::pki;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 /// A device that is served at once: the server does not tell it to retry.
 async fn good_device(addr: std::net::SocketAddr) {
@@ -132,20 +128,6 @@ async fn a_thousand_silent_connections_do_not_stop_a_good_device() {
     server.stop().await;
 }
 
-/// Sends the device's `HELO` on `stream` and reads the server's: the
-/// connection is still in its handshake.
-async fn still_in_the_handshake(stream: TcpStream) {
-    let mut framed = Framed::new(stream, FrameCodec::new());
-    let (_state, helo) = DeviceStart::new(pki().device_config()).start().unwrap();
-    framed.send(helo).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), framed.next())
-        .await
-        .expect("an answer in time")
-        .expect("a frame, not the end of the connection")
-        .expect("a frame");
-    assert_eq!(reply.kind, FrameKind::HELO);
-}
-
 #[tokio::test]
 async fn the_oldest_unauthenticated_connection_is_evicted_first() {
     let server = start_server_with(pki().server_config(), |s| {
@@ -168,7 +150,7 @@ async fn the_oldest_unauthenticated_connection_is_evicted_first() {
     );
     // … and only it: the others are still waiting for their HELO.
     for other in others {
-        still_in_the_handshake(other).await;
+        exchange_helos(other).await;
     }
     good_device(server.addr).await;
     server.stop().await;
