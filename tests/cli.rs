@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Output, Stdio};
 
 use common::binary::{
-    BIN, ServerProcess, assert_error_is, assert_one_sentence_error, command, secured, send_files,
-    stderr, template, workdir,
+    BIN, ServerProcess, assert_error_is, assert_one_sentence_error, assert_success, command,
+    secured, send_files, send_text, stderr, template, workdir,
 };
 use common::files::write_varied;
 use common::proxy::{Dir, Tamper, start_proxy_thread};
@@ -84,17 +84,8 @@ fn openssl_accepts_the_certificates() {
 fn serve_and_send_text_through_the_binaries() {
     let dir = workdir();
     let server = ServerProcess::start(dir.path());
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
-            "hello from the CLI",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = send_text(dir.path(), &server.addr, &["hello from the CLI"]);
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("as device-1 to localhost"), "{stdout}");
     assert!(stdout.contains(": ok"), "{stdout}");
@@ -144,7 +135,7 @@ fn config_file_is_read_and_flags_override_it() {
             "x",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
 }
 
 #[test]
@@ -310,13 +301,10 @@ fn a_certificate_from_another_ca_is_refused() {
     assert_one_sentence_error(&out, &["other/certs/device-1.pem", "CA"]);
     // Remotely: a device trusting another CA refuses the server.
     let server = ServerProcess::start(dir.path());
-    let out = secured(
+    let out = send_text(
         dir.path(),
+        &server.addr,
         &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
             "--ca",
             "other/certs/ca.pem",
             "--cert",
@@ -341,17 +329,10 @@ fn an_expired_certificate_is_refused() {
 fn the_wrong_server_name_is_refused() {
     let dir = workdir();
     let server = ServerProcess::start(dir.path());
-    let out = secured(
+    let out = send_text(
         dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
-            "--server-name",
-            "evil.example",
-            "x",
-        ],
+        &server.addr,
+        &["--server-name", "evil.example", "x"],
     );
     assert_one_sentence_error(&out, &["evil.example", "localhost"]);
 }
@@ -360,16 +341,7 @@ fn the_wrong_server_name_is_refused() {
 fn nothing_listening_is_one_sentence() {
     let dir = workdir();
     let port = closed_port();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "x",
-        ],
-    );
+    let out = send_text(dir.path(), &format!("127.0.0.1:{port}"), &["x"]);
     assert_one_sentence_error(&out, &["cannot connect to 127.0.0.1"]);
 }
 
@@ -560,7 +532,7 @@ fn numeric_configuration_values_are_checked() {
 fn completions_and_manual_pages() {
     let empty = tempfile::tempdir().unwrap();
     let out = secured(empty.path(), &["completions", "bash"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("send-file"), "{script}");
     assert!(script.contains("--store-as"), "{script}");
@@ -571,7 +543,7 @@ fn completions_and_manual_pages() {
     }
 
     let out = secured(empty.path(), &["man"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(page.starts_with(".TH secured 1 "), "{page}");
     assert!(
@@ -580,7 +552,7 @@ fn completions_and_manual_pages() {
     );
 
     let out = secured(empty.path(), &["man", "--dir", "."]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     for name in [
         "secured.1",
         "secured-serve.1",
@@ -642,7 +614,7 @@ fn demo_runs_end_to_end() {
         .args(["demo", "--log-level", "warn", "--video-size", "3MiB"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for step in [
         "[1/5] PKI",
@@ -670,7 +642,7 @@ fn send_file_reports_and_stores_through_the_binaries() {
     content.extend((0..100_000u32).map(|i| (i % 251) as u8));
     std::fs::write(&png, &content).unwrap();
     let (out, report) = send_files(dir.path(), &server.addr, &["shot.png", "shot.png"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0]["content_type"], "image/png");
@@ -895,7 +867,7 @@ fn send_file_sends_any_file() {
         &server.addr,
         &["firmware.bin", "report.pdf", "backup.tar.gz"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let sent = report["files"].as_array().unwrap();
     for (entry, content_type) in sent.iter().zip([
         "application/octet-stream",
@@ -912,7 +884,7 @@ fn send_file_sends_any_file() {
     }
     // `--kind file` on an image: sent as a file, its content type kept.
     let (out, report) = send_files(dir.path(), &server.addr, &["--kind", "file", "shot.png"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(report["files"][0]["kind"], "file");
     assert_eq!(report["files"][0]["content_type"], "image/png");
     server.wait_for(&["file stored", "shot.png"]);
@@ -938,7 +910,7 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
             "a.bin",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(
         std::fs::read(dir.path().join("data/device-2/a.bin")).unwrap(),
         b"first"
@@ -958,7 +930,7 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
             "y.bin",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(
         std::fs::read(dir.path().join("data/device-2/y.bin")).unwrap(),
         b"second"
@@ -1101,7 +1073,7 @@ fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
         dir.path(),
         &["device", "send-file", "--server", &server.addr, "movie.mp4"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(stored_files(&data, "device-1"), ["movie.mp4"]);
     assert!(std::fs::read(data.join("device-1/movie.mp4")).unwrap() == content);
 }

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::binary::{
-    SERVE, ServerProcess, assert_error_is, assert_one_sentence_error, secured, send_files, stderr,
-    workdir,
+    SERVE, ServerProcess, assert_error_is, assert_one_sentence_error, assert_success, secured,
+    send_files, send_text, stderr, workdir,
 };
 use common::device::{RawDevice, detail, open};
 use common::files::{outgoing, source_file, write_varied};
@@ -484,9 +484,5 @@ fn a_write_that_fails_mid_file_is_a_storage_error_and_the_server_goes_on() {
     assert!(incoming_is_empty(&data, "device-1"));
     assert_eq!(entries(&data.join("device-1/.meta")), 1);
     // The server still serves.
-    let out = secured(
-        dir.path(),
-        &["device", "send-text", "--server", &server.addr, "after"],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&send_text(dir.path(), &server.addr, &["after"]));
 }

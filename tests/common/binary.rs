@@ -275,6 +275,13 @@ impl Drop for ServerProcess {
     }
 }
 
+/// `secured device send-text --server SERVER ARGS…` in `dir`.
+pub fn send_text(dir: &Path, server: &str, args: &[&str]) -> Output {
+    let mut all = vec!["device", "send-text", "--server", server];
+    all.extend_from_slice(args);
+    secured(dir, &all)
+}
+
 /// `secured device send-file --server SERVER --json ARGS…` in `dir`: the
 /// run, and the JSON report it printed.
 pub fn send_files(dir: &Path, server: &str, args: &[&str]) -> (Output, serde_json::Value) {

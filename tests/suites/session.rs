@@ -44,6 +44,24 @@ fn session_alert(e: &ClientError) -> Option<AlertCode> {
     }
 }
 
+/// Runs a server with `config`; a device must refuse it for its
+/// certificate. Returns why.
+async fn server_certificate_refused(config: secured::handshake::ServerConfig) -> CertError {
+    let server = start_server_with(config, |_| {}).await;
+    let err = connect(server.addr, device_config())
+        .await
+        .err()
+        .expect("refused");
+    server.stop().await;
+    match err {
+        ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
+            peer: Role::Server,
+            error,
+        })) => error,
+        other => panic!("expected the server's certificate to be refused, got {other}"),
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn texts_are_acknowledged_and_delivered_with_their_sender() {
     let (logs, _guard) = Logs::capture();
@@ -154,22 +172,8 @@ async fn server_certificate_as_device_and_device_certificate_as_server_are_refus
 
     let mut config = server_config();
     config.identity = p.device.identity_with(provider());
-    let server = start_server_with(config, |_| {}).await;
-    let err = connect(server.addr, device_config())
-        .await
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(
-            err,
-            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
-                error: CertError::WrongRole { .. },
-                ..
-            }))
-        ),
-        "{err}"
-    );
-    server.stop().await;
+    let error = server_certificate_refused(config).await;
+    assert!(matches!(error, CertError::WrongRole { .. }), "{error}");
 }
 
 #[tokio::test]
@@ -220,22 +224,8 @@ async fn server_from_another_ca_is_refused_by_the_device() {
     config.identity = std::sync::Arc::new(
         secured::pki::Identity::from_der(foreign, &p.server.key_der, p.provider()).unwrap(),
     );
-    let server = start_server_with(config, |_| {}).await;
-    let err = connect(server.addr, device_config())
-        .await
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(
-            err,
-            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
-                peer: Role::Server,
-                error: CertError::UnknownIssuer { .. },
-            }))
-        ),
-        "{err}"
-    );
-    server.stop().await;
+    let error = server_certificate_refused(config).await;
+    assert!(matches!(error, CertError::UnknownIssuer { .. }), "{error}");
 }
 
 /// The device's `PREM` with its proof replaced by a signature made with
@@ -583,17 +573,6 @@ async fn a_self_signed_certificate_and_the_ca_certificate_are_refused_as_leaves(
         secured::pki::Identity::from_der(p.ca.cert_der().to_vec(), p.ca.key_pkcs8_der(), provider())
             .unwrap(),
     );
-    let server = start_server_with(config, |_| {}).await;
-    let err = connect(server.addr, device_config()).await.err().expect("refused");
-    assert!(
-        matches!(
-            err,
-            ClientError::Session(SessionError::Handshake(HandshakeError::Certificate {
-                error: CertError::IsCa,
-                ..
-            }))
-        ),
-        "{err}"
-    );
-    server.stop().await;
+    let error = server_certificate_refused(config).await;
+    assert!(matches!(error, CertError::IsCa), "{error}");
 }
