@@ -8,18 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::files::outgoing;
+use common::wire::{ALRT_UNAVAILABLE, exchange_helos, read_until_closed};
 use common::{next_ending, start_server_with};
-use futures_util::{SinkExt, StreamExt};
-use secured::client::{ClientError, ClientSettings, DeviceClient, OutgoingFile};
-use secured::frame::{FrameCodec, FrameKind};
-use secured::handshake::DeviceStart;
+use secured::client::{ClientError, ClientSettings, DeviceClient};
 use secured::message::{AckStatus, AlertCode, Imgx, MediaKind, Message, Secx, StreamId};
-use secured::service::Ending;
+use secured::service::{Ending, Event};
 use secured::session::{AcceptLimits, IoLimits, Session, SessionError};
 use secured::testkit::pki;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::codec::Framed;
+use tokio::sync::broadcast::error::RecvError;
 
 /// A device connection whose kernel receive buffer is as small as the
 /// kernel allows, so that what the server sends fills it at once.
@@ -83,6 +81,28 @@ async fn wait_until_stuck(sent: &AtomicU64) {
     panic!("the device never got stuck; it sent {last} records");
 }
 
+/// Waits for the end of the next connection while a flood of texts runs:
+/// the texts overflow the watcher's buffer, and those it loses were
+/// published before the end of the connection, which comes last and is
+/// kept.
+async fn ending_after_a_flood(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    within: Duration,
+) -> Option<(Option<String>, Ending)> {
+    tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(Event::Closed { device, ending, .. }) => return Some((device, ending)),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 #[tokio::test]
 async fn a_device_that_floods_and_never_reads_is_cut_off_within_the_idle_timeout() {
     let idle = Duration::from_secs(1);
@@ -94,7 +114,7 @@ async fn a_device_that_floods_and_never_reads_is_cut_off_within_the_idle_timeout
     // The server is now blocked writing ACKs that nobody reads: it must give
     // up within the idle timeout (plus scheduling).
     let stuck_at = Instant::now();
-    let (device, ending) = next_ending(&mut events, Duration::from_secs(10))
+    let (device, ending) = ending_after_a_flood(&mut events, Duration::from_secs(10))
         .await
         .expect("the server ends the session");
     let after = stuck_at.elapsed();
@@ -119,7 +139,7 @@ async fn a_device_that_floods_and_never_reads_is_cut_off_within_the_idle_timeout
 #[tokio::test]
 async fn shutdown_ends_on_time_with_a_device_that_never_reads() {
     let grace = Duration::from_secs(1);
-    let server = start_server_with(pki().server_config(), |s| {
+    let mut server = start_server_with(pki().server_config(), |s| {
         s.idle_timeout = Duration::from_secs(60);
         s.shutdown_grace = grace;
     })
@@ -129,11 +149,8 @@ async fn shutdown_ends_on_time_with_a_device_that_never_reads() {
     wait_until_stuck(&sent).await;
     let requested = Instant::now();
     server.shutdown.cancel();
-    tokio::time::timeout(grace + Duration::from_secs(3), server.handle)
-        .await
-        .expect("the server stops within the grace period plus a few seconds")
-        .unwrap()
-        .unwrap();
+    // Within the grace period plus a few seconds.
+    server.stopped_within(grace + Duration::from_secs(3)).await;
     assert!(
         requested.elapsed() >= grace,
         "the grace period was honoured"
@@ -181,13 +198,7 @@ async fn a_device_stops_waiting_for_a_server_that_never_reads() {
     let mut d = DeviceClient::connect(&addr.to_string(), pki().device_config(), settings)
         .await
         .unwrap();
-    let file = OutgoingFile {
-        path,
-        name: "big.bin".into(),
-        kind: MediaKind::Video,
-        content_type: "video/mp4".into(),
-        size,
-    };
+    let file = outgoing(&path, "big.bin", MediaKind::Video, size);
     let started = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(10), d.send_file(&file, |_| {}))
         .await
@@ -214,36 +225,22 @@ async fn a_device_stops_waiting_for_a_server_that_never_reads() {
 
 #[tokio::test]
 async fn connections_in_the_handshake_are_told_unavailable_at_shutdown() {
-    let server = start_server_with(pki().server_config(), |_| {}).await;
+    let mut server = start_server_with(pki().server_config(), |_| {}).await;
     let mut events = server.watch();
     // A device that sent its HELO and got the server's: it is in the
     // handshake, and pauses there.
     let stream = TcpStream::connect(server.addr).await.unwrap();
-    let mut framed = Framed::new(stream, FrameCodec::new());
-    let (_state, helo) = DeviceStart::new(pki().device_config()).start().unwrap();
-    framed.send(helo).await.unwrap();
-    let reply = framed.next().await.unwrap().unwrap();
-    assert_eq!(reply.kind, FrameKind::HELO);
+    let mut framed = exchange_helos(stream).await;
 
     server.shutdown.cancel();
     // What the device receives: exactly one plaintext alert, then the end.
-    let mut rest = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        framed.get_mut().read_to_end(&mut rest),
-    )
-    .await
-    .expect("the server closes the connection")
-    .unwrap();
-    assert_eq!(rest, b"ALRT\0\0\0\x02\0\x64", "ALRT unavailable (100)");
+    let (rest, ended) = read_until_closed(framed.get_mut(), Duration::from_secs(5)).await;
+    assert_eq!(rest, ALRT_UNAVAILABLE, "{ended:?}");
+    assert!(ended.is_ok(), "{ended:?}");
     let (device, ending) = next_ending(&mut events, Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(device, None, "the device never proved its key");
     assert_eq!(ending, Ending::Alert(AlertCode::Unavailable));
-    tokio::time::timeout(Duration::from_secs(5), server.handle)
-        .await
-        .expect("the server stops")
-        .unwrap()
-        .unwrap();
+    server.stopped_within(Duration::from_secs(5)).await;
 }

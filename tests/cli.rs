@@ -1,200 +1,19 @@
 //! The `secured` binary end to end: PKI files, a server process, a device
 //! process, and the one-sentence errors for bad input.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_secured");
-
-fn secured(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("SECURED_CONFIG")
-        .output()
-        .expect("run secured")
-}
-
-/// A PKI made once by `secured pki init` (plus extra certificates), shared
-/// by the tests of this binary; each test copies it into its own folder.
-fn template() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = secured(dir.path(), &["pki", "init", "--ca-bits", "2048"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        expired_device_certificate(dir.path(), "old");
-        let out = secured(
-            dir.path(),
-            &["pki", "issue", "--role", "device", "--name", "device-2"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // An unrelated CA with its own device, in a sibling folder.
-        let other = dir.path().join("other");
-        std::fs::create_dir(&other).unwrap();
-        let out = secured(&other, &["pki", "init", "--ca-bits", "2048"]);
-        assert!(out.status.success());
-        dir
-    })
-    .path()
-}
-
-/// Issues `certs/<name>.pem` and `keys/<name>.key` under the CA in `dir`,
-/// valid from two days ago until yesterday (through the library: the CLI
-/// refuses to issue a certificate that is not valid for at least a day).
-fn expired_device_certificate(dir: &Path, name: &str) {
-    use secured::pki::{CertificateAuthority, Role, Validity, write_cert_pem, write_key_pem};
-    let ca = CertificateAuthority::load(
-        &dir.join("certs/ca.pem"),
-        &dir.join("keys/ca.key"),
-        secured::crypto::default_provider(),
-    )
-    .unwrap();
-    let day = Duration::from_secs(86_400);
-    let now = std::time::SystemTime::now();
-    let validity = Validity {
-        not_before: now - 2 * day,
-        not_after: now - day,
-    };
-    let leaf = ca.issue(Role::Device, name, &[], 2048, validity).unwrap();
-    write_cert_pem(
-        &dir.join(format!("certs/{name}.pem")),
-        &leaf.cert_der,
-        false,
-    )
-    .unwrap();
-    write_key_pem(
-        &dir.join(format!("keys/{name}.key")),
-        &leaf.key_pkcs8_der,
-        false,
-    )
-    .unwrap();
-}
-
-fn workdir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .args(["-a", &format!("{}/.", template().display())])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir
-}
-
-/// A `secured serve` process on 127.0.0.1:0; the address is read from its log.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-    log: std::sync::mpsc::Receiver<String>,
-    /// Lines read while waiting for the listening address.
-    early: Vec<String>,
-}
-
-impl ServerProcess {
-    fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut addr = None;
-        let mut early = Vec::new();
-        while addr.is_none() {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("server starts");
-            if line.contains("\"listening\"") {
-                let start = line.find("\"addr\":\"").unwrap() + 8;
-                addr = Some(line[start..].split('"').next().unwrap().to_owned());
-            }
-            early.push(line);
-        }
-        Self {
-            child,
-            addr: addr.unwrap(),
-            log: rx,
-            early,
-        }
-    }
-
-    /// Waits (bounded) for a log line containing all of `needles`.
-    fn wait_for(&self, needles: &[&str]) -> String {
-        if let Some(line) = self
-            .early
-            .iter()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return line.clone();
-        }
-        loop {
-            let line = self
-                .log
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
-            if needles.iter().all(|n| line.contains(n)) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A failure is exactly one line on standard error, starting with
-/// `error: `, with exit status 1, no panic and no debug dump.
-fn assert_one_sentence_error(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("{ ") && !err.contains("Os {"),
-        "{err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in: {err}");
-    }
-}
+use common::binary::{
+    BIN, ServerProcess, assert_error_is, assert_one_sentence_error, assert_success, command,
+    secured, send_files, send_text, stderr, template, workdir,
+};
+use common::files::write_varied;
+use common::proxy::{Dir, Tamper, start_proxy_thread};
+use common::store::{incoming_is_empty, stored_files, transfer_in_flight};
+use common::wait::eventually_blocking;
 
 #[test]
 fn pki_init_writes_certificates_and_private_keys_0600() {
@@ -265,17 +84,8 @@ fn openssl_accepts_the_certificates() {
 fn serve_and_send_text_through_the_binaries() {
     let dir = workdir();
     let server = ServerProcess::start(dir.path());
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
-            "hello from the CLI",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = send_text(dir.path(), &server.addr, &["hello from the CLI"]);
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("as device-1 to localhost"), "{stdout}");
     assert!(stdout.contains(": ok"), "{stdout}");
@@ -325,7 +135,7 @@ fn config_file_is_read_and_flags_override_it() {
             "x",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
 }
 
 #[test]
@@ -353,10 +163,9 @@ fn a_private_key_readable_by_others_is_refused() {
     };
     chmod("keys/device-1.key", 0o644);
     let out = secured(dir.path(), &["device", "send-text", "x"]);
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(
-        stderr(&out),
-        "error: keys/device-1.key is accessible to group or others (mode 0644), but a private key must be readable by its owner only; run `chmod 600 keys/device-1.key`\n"
+    assert_error_is(
+        &out,
+        "keys/device-1.key is accessible to group or others (mode 0644), but a private key must be readable by its owner only; run `chmod 600 keys/device-1.key`",
     );
     chmod("keys/server.key", 0o640);
     // A data folder that cannot be one, so a server that accepted the key
@@ -395,21 +204,18 @@ fn a_private_key_readable_by_others_is_refused() {
 #[test]
 fn a_missing_pki_points_to_pki_init() {
     let empty = tempfile::tempdir().unwrap();
-    let no_ca = "error: certs/ca.pem does not exist; create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one\n";
+    let no_ca = "certs/ca.pem does not exist; create a PKI with `secured pki init` first, or pass --ca FILE (or --config FILE) to use an existing one";
     let out = secured(empty.path(), &["device", "send-text", "x"]);
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(stderr(&out), no_ca);
+    assert_error_is(&out, no_ca);
     let out = secured(empty.path(), &["serve", "--listen", "127.0.0.1:0"]);
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(stderr(&out), no_ca);
+    assert_error_is(&out, no_ca);
     let out = secured(
         empty.path(),
         &["pki", "issue", "--role", "device", "--name", "d"],
     );
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(
-        stderr(&out),
-        "error: no CA certificate at certs/ca.pem; create one with `secured pki init`, or pass --certs-dir and --keys-dir (or --config FILE) for the folders that hold ca.pem and ca.key\n"
+    assert_error_is(
+        &out,
+        "no CA certificate at certs/ca.pem; create one with `secured pki init`, or pass --certs-dir and --keys-dir (or --config FILE) for the folders that hold ca.pem and ca.key",
     );
     // A PKI without this device's certificate.
     let dir = workdir();
@@ -417,19 +223,17 @@ fn a_missing_pki_points_to_pki_init() {
         dir.path(),
         &["device", "--name", "nobody", "send-text", "x"],
     );
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(
-        stderr(&out),
-        "error: certs/nobody.pem does not exist; issue it with `secured pki issue --role device --name nobody` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key\n"
+    assert_error_is(
+        &out,
+        "certs/nobody.pem does not exist; issue it with `secured pki issue --role device --name nobody` (after `secured pki init` if there is no PKI yet), or choose another device with --name, or --cert and --key",
     );
     let out = secured(
         dir.path(),
         &["serve", "--listen", "127.0.0.1:0", "--key", "keys/nope.key"],
     );
-    assert_one_sentence_error(&out, &[]);
-    assert_eq!(
-        stderr(&out),
-        "error: keys/nope.key does not exist; create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)\n"
+    assert_error_is(
+        &out,
+        "keys/nope.key does not exist; create the server's files with `secured pki init` (or `secured pki issue --role server --name HOST`), or pass --cert and --key (or --config FILE)",
     );
 }
 
@@ -446,13 +250,10 @@ fn device_certificates_cannot_take_the_ca_or_server_files() {
                 "pki", "issue", "--role", "device", "--name", name, "--force",
             ],
         );
-        assert_one_sentence_error(&out, &[]);
         let owner = if name == "ca" { "CA" } else { "server" };
-        assert_eq!(
-            stderr(&out),
-            format!(
-                "error: \"{name}\" is reserved for the {owner}'s own files; choose another name\n"
-            )
+        assert_error_is(
+            &out,
+            &format!("\"{name}\" is reserved for the {owner}'s own files; choose another name"),
         );
     }
     assert_eq!(
@@ -500,13 +301,10 @@ fn a_certificate_from_another_ca_is_refused() {
     assert_one_sentence_error(&out, &["other/certs/device-1.pem", "CA"]);
     // Remotely: a device trusting another CA refuses the server.
     let server = ServerProcess::start(dir.path());
-    let out = secured(
+    let out = send_text(
         dir.path(),
+        &server.addr,
         &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
             "--ca",
             "other/certs/ca.pem",
             "--cert",
@@ -531,17 +329,10 @@ fn an_expired_certificate_is_refused() {
 fn the_wrong_server_name_is_refused() {
     let dir = workdir();
     let server = ServerProcess::start(dir.path());
-    let out = secured(
+    let out = send_text(
         dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &server.addr,
-            "--server-name",
-            "evil.example",
-            "x",
-        ],
+        &server.addr,
+        &["--server-name", "evil.example", "x"],
     );
     assert_one_sentence_error(&out, &["evil.example", "localhost"]);
 }
@@ -550,16 +341,7 @@ fn the_wrong_server_name_is_refused() {
 fn nothing_listening_is_one_sentence() {
     let dir = workdir();
     let port = closed_port();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-text",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "x",
-        ],
-    );
+    let out = send_text(dir.path(), &format!("127.0.0.1:{port}"), &["x"]);
     assert_one_sentence_error(&out, &["cannot connect to 127.0.0.1"]);
 }
 
@@ -712,27 +494,27 @@ fn numeric_configuration_values_are_checked() {
     for (line, expected) in [
         (
             "handshake_timeout_secs = 0",
-            "error: bad.toml: [server] handshake_timeout_secs = 0 is not in 1..=300; set a number of seconds in that range, or remove it for the default\n",
+            "bad.toml: [server] handshake_timeout_secs = 0 is not in 1..=300; set a number of seconds in that range, or remove it for the default",
         ),
         (
             "idle_timeout_secs = 0",
-            "error: bad.toml: [server] idle_timeout_secs = 0 is not in 1..=86400; set a number of seconds in that range, or remove it for the default\n",
+            "bad.toml: [server] idle_timeout_secs = 0 is not in 1..=86400; set a number of seconds in that range, or remove it for the default",
         ),
         (
             "max_connections = 0",
-            "error: bad.toml: [server] max_connections = 0 is not in 1..=1000000; set a number of sessions in that range, or remove it for the default\n",
+            "bad.toml: [server] max_connections = 0 is not in 1..=1000000; set a number of sessions in that range, or remove it for the default",
         ),
         (
             "max_unauthenticated = 0",
-            "error: bad.toml: [server] max_unauthenticated = 0 is not in 1..=1000000; set a number of connections in that range, or remove it for the default\n",
+            "bad.toml: [server] max_unauthenticated = 0 is not in 1..=1000000; set a number of connections in that range, or remove it for the default",
         ),
         (
             "shutdown_grace_secs = 86400",
-            "error: bad.toml: [server] shutdown_grace_secs = 86400 is not in 0..=3600; set a number of seconds in that range, or remove it for the default\n",
+            "bad.toml: [server] shutdown_grace_secs = 86400 is not in 0..=3600; set a number of seconds in that range, or remove it for the default",
         ),
         (
             "max_file_size = \"0B\"",
-            "error: bad.toml: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default\n",
+            "bad.toml: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default",
         ),
     ] {
         std::fs::write(dir.path().join("bad.toml"), format!("[server]\n{line}\n")).unwrap();
@@ -740,8 +522,7 @@ fn numeric_configuration_values_are_checked() {
             dir.path(),
             &["--config", "bad.toml", "serve", "--ca", "nowhere.pem"],
         );
-        assert_one_sentence_error(&out, &[]);
-        assert_eq!(stderr(&out), expected, "{line}");
+        assert_error_is(&out, expected);
     }
 }
 
@@ -751,7 +532,7 @@ fn numeric_configuration_values_are_checked() {
 fn completions_and_manual_pages() {
     let empty = tempfile::tempdir().unwrap();
     let out = secured(empty.path(), &["completions", "bash"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("send-file"), "{script}");
     assert!(script.contains("--store-as"), "{script}");
@@ -762,7 +543,7 @@ fn completions_and_manual_pages() {
     }
 
     let out = secured(empty.path(), &["man"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(page.starts_with(".TH secured 1 "), "{page}");
     assert!(
@@ -771,7 +552,7 @@ fn completions_and_manual_pages() {
     );
 
     let out = secured(empty.path(), &["man", "--dir", "."]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     for name in [
         "secured.1",
         "secured-serve.1",
@@ -833,7 +614,7 @@ fn demo_runs_end_to_end() {
         .args(["demo", "--log-level", "warn", "--video-size", "3MiB"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for step in [
         "[1/5] PKI",
@@ -860,20 +641,8 @@ fn send_file_reports_and_stores_through_the_binaries() {
     let mut content = b"\x89PNG\r\n\x1a\n".to_vec();
     content.extend((0..100_000u32).map(|i| (i % 251) as u8));
     std::fs::write(&png, &content).unwrap();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "shot.png",
-            "shot.png",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, report) = send_files(dir.path(), &server.addr, &["shot.png", "shot.png"]);
+    assert_success(&out);
     let files = report["files"].as_array().unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(files[0]["content_type"], "image/png");
@@ -889,43 +658,6 @@ fn send_file_reports_and_stores_through_the_binaries() {
     assert!(line.contains("\"size\":100008"), "{line}");
 }
 
-/// A TCP proxy on 127.0.0.1:0 to `target`, for one connection, that cuts
-/// it once more than `limit` bytes came from the device. Returns its
-/// address.
-fn cutting_proxy(target: &str, limit: usize) -> String {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let target = target.to_owned();
-    std::thread::spawn(move || {
-        let (device, _) = listener.accept().unwrap();
-        let server = TcpStream::connect(&target).unwrap();
-        let (mut from_server, mut to_device) =
-            (server.try_clone().unwrap(), device.try_clone().unwrap());
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from_server, &mut to_device);
-        });
-        let (mut from_device, mut to_server) =
-            (device.try_clone().unwrap(), server.try_clone().unwrap());
-        let mut buf = [0u8; 16 * 1024];
-        let mut total = 0;
-        loop {
-            let n = match from_device.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            total += n;
-            if total > limit || to_server.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = device.shutdown(Shutdown::Both);
-        let _ = server.shutdown(Shutdown::Both);
-    });
-    addr
-}
-
 /// A refused file reports no rate (nothing was sent), and the JSON report
 /// has a status, a code and a message for it.
 #[test]
@@ -934,27 +666,15 @@ fn a_refused_file_is_reported_with_its_code_and_no_rate() {
     let server = ServerProcess::start_with(dir.path(), &["--max-file-size", "1KiB"]);
     std::fs::write(dir.path().join("big.bin"), vec![7u8; 4096]).unwrap();
     std::fs::write(dir.path().join("small.bin"), b"fits").unwrap();
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "big.bin",
-            "small.bin",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &server.addr, &["big.bin", "small.bin"]);
     assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["error"], serde_json::Value::Null);
     let big = &report["files"][0];
     assert_eq!(big["status"], "refused", "{big}");
     assert_eq!(big["code"], "too_large", "{big}");
-    assert!(
-        big["message"].as_str().unwrap().contains("too_large"),
-        "{big}"
+    assert_eq!(
+        big["message"],
+        "the server refused stream 1: too_large (the server accepts files up to 1024 bytes)"
     );
     assert_eq!(big["size"], 4096);
     assert_eq!(big["bytes_sent"], 0);
@@ -987,20 +707,8 @@ fn files_are_listed_as_not_sent_when_the_connection_fails() {
     std::fs::write(dir.path().join("a.bin"), b"a").unwrap();
     std::fs::write(dir.path().join("b.bin"), b"b").unwrap();
     let addr = format!("127.0.0.1:{}", closed_port());
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &addr,
-            "--json",
-            "a.bin",
-            "b.bin",
-        ],
-    );
+    let (out, report) = send_files(dir.path(), &addr, &["a.bin", "b.bin"]);
     assert_one_sentence_error(&out, &["cannot connect to"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         report["error"]
             .as_str()
@@ -1036,30 +744,31 @@ fn files_are_listed_as_not_sent_when_the_connection_fails() {
 fn files_after_a_dead_session_are_listed_as_not_sent() {
     let dir = workdir();
     let server = ServerProcess::start(dir.path());
-    big_file(&dir.path().join("first.bin"), 4);
+    write_varied(&dir.path().join("first.bin"), 4 << 20);
     std::fs::write(dir.path().join("second.bin"), b"never").unwrap();
-    let proxy = cutting_proxy(&server.addr, 1 << 20);
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &proxy,
-            "--json",
-            "first.bin",
-            "second.bin",
-        ],
+    // The connection is cut both ways after the first MiB from the device.
+    let cut = Tamper::Cut {
+        dir: Dir::Up,
+        at: 1 << 20,
+    };
+    let proxy = start_proxy_thread(server.addr.parse().unwrap(), cut).to_string();
+    let (out, report) = send_files(dir.path(), &proxy, &["first.bin", "second.bin"]);
+    // The device's writes fail on the dead connection.
+    assert_one_sentence_error(&out, &["error: connection error: "]);
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("connection error: ")),
+        "{report}"
     );
-    assert_one_sentence_error(&out, &[]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["error"].is_string(), "{report}");
     assert_eq!(report["server"], "localhost");
     let (first, second) = (&report["files"][0], &report["files"][1]);
     assert_eq!(first["status"], "failed", "{first}");
-    assert!(first["bytes_sent"].as_u64().unwrap() < 4 << 20, "{first}");
+    assert_eq!(first["code"], "connection_error", "{first}");
+    let sent = first["bytes_sent"].as_u64().unwrap();
+    assert!(sent > 0 && sent < 4 << 20, "{first}");
     assert_eq!(second["status"], "not_sent", "{second}");
-    assert_eq!(second["code"], first["code"], "{report}");
+    assert_eq!(second["code"], "connection_error", "{second}");
     assert!(!dir.path().join("data/device-1/first.bin").exists());
 }
 
@@ -1119,22 +828,21 @@ fn a_kind_the_content_contradicts_is_refused() {
         (
             "image",
             "clip.mp4",
-            "error: clip.mp4 looks like a video (video/mp4), not an image; pass --kind video or leave --kind out\n",
+            "clip.mp4 looks like a video (video/mp4), not an image; pass --kind video or leave --kind out",
         ),
         (
             "video",
             "shot.png",
-            "error: shot.png looks like an image (image/png), not a video; pass --kind image or leave --kind out\n",
+            "shot.png looks like an image (image/png), not a video; pass --kind image or leave --kind out",
         ),
         (
             "image",
             "doc.pdf",
-            "error: doc.pdf looks like neither an image nor a video (application/pdf), not an image; pass --kind file or leave --kind out\n",
+            "doc.pdf looks like neither an image nor a video (application/pdf), not an image; pass --kind file or leave --kind out",
         ),
     ] {
         let out = secured(dir.path(), &["device", "send-file", "--kind", kind, file]);
-        assert_one_sentence_error(&out, &[]);
-        assert_eq!(stderr(&out), expected);
+        assert_error_is(&out, expected);
     }
 }
 
@@ -1154,21 +862,12 @@ fn send_file_sends_any_file() {
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).unwrap();
     }
-    let out = secured(
+    let (out, report) = send_files(
         dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "firmware.bin",
-            "report.pdf",
-            "backup.tar.gz",
-        ],
+        &server.addr,
+        &["firmware.bin", "report.pdf", "backup.tar.gz"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_success(&out);
     let sent = report["files"].as_array().unwrap();
     for (entry, content_type) in sent.iter().zip([
         "application/octet-stream",
@@ -1184,21 +883,8 @@ fn send_file_sends_any_file() {
         assert_eq!(&stored[..], *content, "{name}");
     }
     // `--kind file` on an image: sent as a file, its content type kept.
-    let out = secured(
-        dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--json",
-            "--kind",
-            "file",
-            "shot.png",
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (out, report) = send_files(dir.path(), &server.addr, &["--kind", "file", "shot.png"]);
+    assert_success(&out);
     assert_eq!(report["files"][0]["kind"], "file");
     assert_eq!(report["files"][0]["content_type"], "image/png");
     server.wait_for(&["file stored", "shot.png"]);
@@ -1224,7 +910,7 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
             "a.bin",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(
         std::fs::read(dir.path().join("data/device-2/a.bin")).unwrap(),
         b"first"
@@ -1244,7 +930,7 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
             "y.bin",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&out);
     assert_eq!(
         std::fs::read(dir.path().join("data/device-2/y.bin")).unwrap(),
         b"second"
@@ -1283,37 +969,6 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
-/// A file of `mib` MiB of varied bytes.
-fn big_file(path: &Path, mib: usize) -> Vec<u8> {
-    let content: Vec<u8> = (0..mib << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
-    std::fs::write(path, &content).unwrap();
-    content
-}
-
-/// Waits (bounded) until the server has a transfer in flight.
-fn wait_for_partial(data: &Path) -> bool {
-    for _ in 0..500 {
-        if std::fs::read_dir(data.join("device-1/.incoming")).is_ok_and(|d| d.count() > 0) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-fn visible_files(data: &Path) -> Vec<String> {
-    std::fs::read_dir(data.join("device-1"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// SIGTERM during a transfer: the file is either complete and verified, or
 /// absent, with both a long grace period (it completes) and none (it is
 /// dropped); the server exits cleanly either way.
@@ -1321,10 +976,9 @@ fn visible_files(data: &Path) -> Vec<String> {
 fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
     for (grace, expect_stored) in [("30", true), ("0", false)] {
         let dir = workdir();
-        let content = big_file(&dir.path().join("movie.mp4"), 96);
+        let content = write_varied(&dir.path().join("movie.mp4"), 96 << 20);
         let mut server = ServerProcess::start_with(dir.path(), &["--shutdown-grace", grace]);
-        let device = Command::new(BIN)
-            .current_dir(dir.path())
+        let device = command(dir.path())
             .args([
                 "device",
                 "send-file",
@@ -1337,8 +991,9 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let data = dir.path().join("data");
         assert!(
-            wait_for_partial(&dir.path().join("data")),
+            eventually_blocking(|| transfer_in_flight(&data, "device-1")),
             "the transfer never started"
         );
         signal(&server.child, "-TERM");
@@ -1372,8 +1027,7 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
             assert_one_sentence_error(&out, &["unavailable"]);
         }
         assert!(
-            std::fs::read_dir(dir.path().join("data/device-1/.incoming"))
-                .is_ok_and(|d| d.count() == 0),
+            incoming_is_empty(&data, "device-1"),
             "a partial file was left behind"
         );
     }
@@ -1385,49 +1039,41 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
 #[test]
 fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
     let dir = workdir();
-    let content = big_file(&dir.path().join("movie.mp4"), 96);
+    let content = write_varied(&dir.path().join("movie.mp4"), 96 << 20);
     let data = dir.path().join("data");
     let mut server = ServerProcess::start(dir.path());
-    let device = Command::new(BIN)
-        .current_dir(dir.path())
+    let device = command(dir.path())
         .args(["device", "send-file", "--server", &server.addr, "movie.mp4"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_for_partial(&data), "the transfer never started");
+    assert!(
+        eventually_blocking(|| transfer_in_flight(&data, "device-1")),
+        "the transfer never started"
+    );
     signal(&server.child, "-KILL");
     let _ = server.child.wait();
     let out = device.wait_with_output().unwrap();
-    assert!(!out.status.success(), "the device must notice the crash");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).lines().count(),
-        1,
-        "{}",
-        stderr(&out)
-    );
-    assert!(visible_files(&data).is_empty(), "a partial file is visible");
-    let leftovers = std::fs::read_dir(data.join("device-1/.incoming"))
-        .unwrap()
-        .count();
+    // The device notices the crash: its connection fails.
+    assert_one_sentence_error(&out, &["error: connection error: "]);
     assert!(
-        leftovers > 0,
+        stored_files(&data, "device-1").is_empty(),
+        "a partial file is visible"
+    );
+    assert!(
+        transfer_in_flight(&data, "device-1"),
         "the crash should have left a temporary file to clean"
     );
 
     let server = ServerProcess::start(dir.path());
     server.wait_for(&["removed what interrupted transfers left behind"]);
-    assert_eq!(
-        std::fs::read_dir(data.join("device-1/.incoming"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert!(incoming_is_empty(&data, "device-1"));
     let out = secured(
         dir.path(),
         &["device", "send-file", "--server", &server.addr, "movie.mp4"],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(visible_files(&data), ["movie.mp4"]);
+    assert_success(&out);
+    assert_eq!(stored_files(&data, "device-1"), ["movie.mp4"]);
     assert!(std::fs::read(data.join("device-1/movie.mp4")).unwrap() == content);
 }

@@ -29,8 +29,7 @@ use secured::crypto::{PreMaster, RsaPublicKey};
 use secured::frame::{Frame, FrameCodec, FrameKind, header};
 use secured::handshake::{ExpectDeviceHelo, device_proof_input};
 use secured::message::{
-    Ack, AckStatus, AlertCode, Extension, Fini, Helo, HeloRole, Imgx, ImgxOpen, MediaKind, Message,
-    Prem, Secx, StreamId,
+    Ack, AckStatus, AlertCode, Extension, Fini, Helo, HeloRole, Imgx, Message, Prem, StreamId,
 };
 use secured::pki::{Identity, Role, ServerName, verify_peer};
 use secured::record::{RecordReader, RecordWriter};
@@ -40,6 +39,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use common::device::{data, open, secx};
 use common::{TestServer, start_server, start_server_with};
 
 /// Longest wait for any answer; a probe that gets none fails instead of
@@ -478,31 +478,8 @@ async fn answer_to(server: &TestServer, msg: &Message) -> Answer {
     s.ask(msg).await
 }
 
-fn secx(stream: u32, text: &str) -> Message {
-    Message::Secx(Secx {
-        stream: StreamId(stream),
-        text: text.into(),
-    })
-}
-
-fn open(stream: u32, name: &str, size: u64) -> Message {
-    Message::Imgx(Imgx::Open(ImgxOpen {
-        stream: StreamId(stream),
-        kind: MediaKind::Image,
-        size,
-        name: name.into(),
-        content_type: "image/png".into(),
-    }))
-}
-
-fn data(stream: u32, chunk: &'static [u8]) -> Message {
-    Message::Imgx(Imgx::Data {
-        stream: StreamId(stream),
-        chunk: bytes::Bytes::from_static(chunk),
-    })
-}
-
-fn done(stream: u32) -> Message {
+/// A `DONE` whose signature is no signature.
+fn unsigned_done(stream: u32) -> Message {
     Message::Imgx(Imgx::Done {
         stream: StreamId(stream),
         signature: vec![0x5a; 256],
@@ -1112,7 +1089,10 @@ async fn imgx_second_open() {
 async fn imgx_not_open() {
     let server = start_server().await;
     expect("imgx-not-open", &answer_to(&server, &data(1, b"x")).await);
-    expect("imgx-not-open", &answer_to(&server, &done(1)).await);
+    expect(
+        "imgx-not-open",
+        &answer_to(&server, &unsigned_done(1)).await,
+    );
     let abort = Message::Imgx(Imgx::Abort {
         stream: StreamId(1),
         reason: String::new(),
@@ -1157,7 +1137,7 @@ async fn imgx_done_early() {
     let server = start_server().await;
     let mut s = uploading(&server, 3).await;
     s.send_msg(&data(1, b"x")).await;
-    expect("imgx-done-early", &s.ask(&done(1)).await);
+    expect("imgx-done-early", &s.ask(&unsigned_done(1)).await);
     server.stop().await;
 }
 
@@ -1166,7 +1146,7 @@ async fn imgx_signature() {
     let server = start_server().await;
     let mut s = uploading(&server, 1).await;
     s.send_msg(&data(1, b"x")).await;
-    let answer = s.ask(&done(1)).await;
+    let answer = s.ask(&unsigned_done(1)).await;
     assert_eq!(answer, ack(1, AckStatus::BadSignature));
     expect("imgx-signature", &answer);
     server.stop().await;
@@ -1177,7 +1157,7 @@ async fn imgx_signature() {
 #[tokio::test]
 async fn imgx_storage() {
     let server = start_server().await;
-    let data_dir = server.data_dir.path().to_owned();
+    let data_dir = server.data().to_owned();
     let mut s = established(server.addr).await;
     std::fs::remove_dir_all(&data_dir).unwrap();
     std::fs::write(&data_dir, b"not a folder").unwrap();
@@ -1198,6 +1178,8 @@ async fn endd_open_stream() {
     assert_eq!(answer, ack(1, AckStatus::Aborted));
     expect("endd-open-stream", &answer);
     assert_eq!(s.answer().await, Answer::Endd);
+    // The device closes after ENDD both ways; the server waits for that.
+    drop(s);
     server.stop().await;
 }
 
@@ -1325,6 +1307,8 @@ async fn reply_timeout() {
 async fn handshake_timeout() {
     let server = start_server_with(pki().server_config(), |s| {
         s.handshake_timeout = Duration::from_millis(300);
+        // Only the handshake's limit can end it, not the first frame's.
+        s.hello_timeout = Duration::from_secs(60);
     })
     .await;
     let mut raw = Raw::connect(server.addr).await;

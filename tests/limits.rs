@@ -5,57 +5,41 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::start_server_with;
-use futures_util::StreamExt;
+use common::wire::{ALRT_TIMEOUT, ALRT_UNAVAILABLE, exchange_helos, read_until_closed};
+use common::{next_ending, start_server_with};
 use secured::client::{ClientError, ClientSettings, DeviceClient};
-use secured::frame::{FrameCodec, FrameKind};
-use secured::message::{AlertCode, Message};
+use secured::message::AlertCode;
+use secured::service::Ending;
+use secured::session::SessionError;
 use secured::testkit::pki;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
+/// A device that is served at once: the server does not tell it to retry.
 async fn good_device(addr: std::net::SocketAddr) {
-    let mut d = DeviceClient::connect(
-        &addr.to_string(),
-        pki().device_config(),
-        ClientSettings::default(),
-    )
-    .await
-    .expect("a good device is served");
+    let at_once = ClientSettings {
+        busy_retry_for: Duration::ZERO,
+        ..ClientSettings::default()
+    };
+    let mut d = DeviceClient::connect(&addr.to_string(), pki().device_config(), at_once)
+        .await
+        .expect("a good device is served");
     d.send_text("served").await.expect("text accepted");
     d.close().await.expect("clean close");
-}
-
-/// Reads until the server closes; returns the alert it sent, if any.
-async fn alert_then_close(stream: TcpStream, within: Duration) -> Option<AlertCode> {
-    let mut framed = Framed::new(stream, FrameCodec::new());
-    let mut alert = None;
-    let closed = tokio::time::timeout(within, async {
-        while let Some(Ok(frame)) = framed.next().await {
-            if frame.kind == FrameKind::ALRT
-                && let Ok(Message::Alert(code)) = Message::decode(frame.kind, &frame.body)
-            {
-                alert = Some(code);
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the server did not close the connection in time"
-    );
-    alert
 }
 
 #[tokio::test]
 async fn a_slowloris_client_is_dropped_at_the_handshake_timeout() {
     let server = start_server_with(pki().server_config(), |s| {
         s.handshake_timeout = Duration::from_millis(600);
+        // Only the handshake's limit can end it, not the first frame's.
+        s.hello_timeout = Duration::from_secs(60);
     })
     .await;
+    let mut events = server.watch();
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    // One byte every 100 ms of a plausible HELO header: never a whole frame in time.
+    // One byte every 100 ms of a plausible HELO header: never a whole frame
+    // in time (the trickle, which is the attack, would last 7.2 s).
     let started = Instant::now();
     let trickle = async {
         for b in b"HELO\0\0\x04\0".iter().chain([0u8; 64].iter()) {
@@ -65,16 +49,23 @@ async fn a_slowloris_client_is_dropped_at_the_handshake_timeout() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+    let ending = tokio::select! {
+        () = trickle => None,
+        ending = next_ending(&mut events, Duration::from_secs(3)) => ending,
+    };
+    assert_eq!(
+        ending,
+        Some((None, Ending::Alert(AlertCode::Timeout))),
+        "the server ends the handshake at its timeout"
+    );
     let elapsed = started.elapsed();
     assert!(
         elapsed < Duration::from_secs(3),
         "dropped after {elapsed:?}"
     );
     // What came back is exactly one plaintext alert: timeout.
-    assert!(rest.starts_with(b"ALRT\0\0\0\x02\0\x5a"), "{rest:?}");
+    let (rest, ended) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(rest, ALRT_TIMEOUT, "{ended:?}");
     good_device(server.addr).await;
     server.stop().await;
 }
@@ -82,7 +73,13 @@ async fn a_slowloris_client_is_dropped_at_the_handshake_timeout() {
 #[tokio::test]
 async fn a_thousand_silent_connections_do_not_stop_a_good_device() {
     let _ = rlimit::increase_nofile_limit(4096);
-    let server = start_server_with(pki().server_config(), |_| {}).await;
+    // The silent connections the server holds stay held while the test
+    // counts them, however slowly it runs.
+    let server = start_server_with(pki().server_config(), |s| {
+        s.hello_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut events = server.watch();
     let mut silent: Vec<TcpStream> = Vec::with_capacity(1000);
     for _ in 0..1000 {
         silent.push(TcpStream::connect(server.addr).await.expect("connect"));
@@ -94,24 +91,39 @@ async fn a_thousand_silent_connections_do_not_stop_a_good_device() {
         "a good device waited {:?}",
         started.elapsed()
     );
-    // The server holds at most `max_unauthenticated_per_source` (32) of
-    // them from this address: the older ones were told `unavailable` and
-    // closed to make room.
-    let mut open = 0;
-    for s in silent.iter_mut() {
-        let mut rest = Vec::new();
-        match tokio::time::timeout(Duration::from_millis(20), s.read_to_end(&mut rest)).await {
-            Ok(_) => assert_eq!(
-                rest, b"ALRT\0\0\0\x02\0\x64",
-                "an evicted connection is told why"
-            ),
-            Err(_) => open += 1,
+    // The server holds at most `max_unauthenticated_per_source` (32)
+    // connections in the handshake from one address. The oldest silent ones
+    // were told `unavailable` and closed to make room for the newer ones,
+    // and for the good device while it was in its handshake: 969, each as
+    // its own connection event says; the 31 newest are still held.
+    let (mut evicted, mut served) = (0, 0);
+    while evicted < 969 || served < 1 {
+        match next_ending(&mut events, Duration::from_secs(5)).await {
+            Some((None, Ending::Alert(AlertCode::Unavailable))) => evicted += 1,
+            Some((Some(device), Ending::Clean)) if device == "device-1" => served += 1,
+            other => panic!("after {evicted} evictions: {other:?}"),
         }
     }
-    assert!(
-        open <= 32,
-        "{open} silent connections still held by the server"
-    );
+    let mut held = 0;
+    for s in silent.iter_mut() {
+        let mut first = [0u8; 1];
+        // An evicted connection has its alert waiting, then the end of the
+        // stream; a held one has nothing to read.
+        match s.try_read(&mut first) {
+            Ok(1) => {
+                let (rest, ended) = read_until_closed(s, Duration::from_secs(5)).await;
+                assert_eq!(
+                    [&first[..], &rest].concat(),
+                    ALRT_UNAVAILABLE,
+                    "an evicted connection is told why"
+                );
+                assert!(ended.is_ok(), "{ended:?}");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+            other => panic!("a silent connection: {other:?}"),
+        }
+    }
+    assert_eq!(held, 31, "silent connections still held by the server");
     drop(silent);
     server.stop().await;
 }
@@ -122,22 +134,24 @@ async fn the_oldest_unauthenticated_connection_is_evicted_first() {
         s.max_unauthenticated = 4;
     })
     .await;
-    let first = TcpStream::connect(server.addr).await.unwrap();
+    let mut events = server.watch();
+    // The server accepts connections in the order they were made.
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
     let mut others = Vec::new();
     for _ in 0..4 {
         others.push(TcpStream::connect(server.addr).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The fifth pending connection pushed the first one out.
+    // The fifth pending connection pushed the first one out …
+    let (got, ended) = read_until_closed(&mut first, Duration::from_secs(5)).await;
+    assert_eq!(got, ALRT_UNAVAILABLE, "{ended:?}");
     assert_eq!(
-        alert_then_close(first, Duration::from_secs(2)).await,
-        Some(AlertCode::Unavailable)
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((None, Ending::Alert(AlertCode::Unavailable)))
     );
-    // The others are still waiting for their HELO.
-    let mut buf = [0u8; 1];
-    let still_open =
-        tokio::time::timeout(Duration::from_millis(200), others[3].read(&mut buf)).await;
-    assert!(still_open.is_err(), "the newest connection was closed");
+    // … and only it: the others are still waiting for their HELO.
+    for other in others {
+        exchange_helos(other).await;
+    }
     good_device(server.addr).await;
     server.stop().await;
 }
@@ -148,6 +162,7 @@ async fn devices_over_the_session_limit_are_told_the_server_is_busy() {
         s.max_connections = 1;
     })
     .await;
+    let mut events = server.watch();
     let settings = ClientSettings {
         busy_retry_for: Duration::from_millis(300),
         ..ClientSettings::default()
@@ -162,14 +177,24 @@ async fn devices_over_the_session_limit_are_told_the_server_is_busy() {
         .await
         .err()
         .expect("refused");
-    assert!(
-        matches!(err, ClientError::Busy { attempts, .. } if attempts >= 2),
-        "{err}"
-    );
+    let ClientError::Busy { attempts, .. } = err else {
+        panic!("expected the server to stay busy, got {err}");
+    };
+    assert!(attempts >= 2, "{err}");
+    // Each attempt was refused before its handshake.
+    for _ in 0..attempts {
+        assert_eq!(
+            next_ending(&mut events, Duration::from_secs(5)).await,
+            Some((None, Ending::Alert(AlertCode::Unavailable)))
+        );
+    }
     first.send_text("the first one is fine").await.unwrap();
     first.close().await.unwrap();
-    // The slot is free again.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The slot is free again once the first session has ended.
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((Some("device-1".to_owned()), Ending::Clean))
+    );
     good_device(server.addr).await;
     server.stop().await;
 }
@@ -180,6 +205,7 @@ async fn an_idle_session_is_closed_with_a_timeout_alert() {
         s.idle_timeout = Duration::from_millis(300);
     })
     .await;
+    let mut events = server.watch();
     let mut d = DeviceClient::connect(
         &server.addr.to_string(),
         pki().device_config(),
@@ -187,8 +213,22 @@ async fn an_idle_session_is_closed_with_a_timeout_alert() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The device stays silent until the server ends the session.
+    assert_eq!(
+        next_ending(&mut events, Duration::from_secs(5)).await,
+        Some((
+            Some("device-1".to_owned()),
+            Ending::Alert(AlertCode::Timeout)
+        ))
+    );
+    // What the device reads next is the server's alert.
     let err = d.send_text("too late").await.unwrap_err();
-    assert!(err.to_string().contains("timeout"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Session(SessionError::PeerAlert(AlertCode::Timeout))
+        ),
+        "{err}"
+    );
     server.stop().await;
 }

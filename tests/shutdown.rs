@@ -4,169 +4,138 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use common::{TestServer, start_server_with};
-use secured::crypto::hash::sha256;
-use secured::message::{AckStatus, AlertCode, Imgx, ImgxOpen, MediaKind, Message, StreamId};
-use secured::session::{Session, SessionError};
+use common::device::RawDevice;
+use common::files::varied;
+use common::server::ending_of;
+use common::start_server_with;
+use common::store::{incoming_is_empty, stored_content, stored_files};
+use common::wire::{ALRT_UNAVAILABLE, read_until_closed};
+use secured::message::{AckStatus, AlertCode};
+use secured::service::Ending;
 use secured::testkit::pki;
-use secured::transfer::file_digest;
 use tokio::net::TcpStream;
 
-async fn session(server: &TestServer) -> Session<TcpStream> {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    Session::connect(stream, pki().device_config(), Duration::from_secs(10))
-        .await
-        .unwrap()
-}
-
-fn open(name: &str, size: u64) -> Message {
-    Message::Imgx(Imgx::Open(ImgxOpen {
-        stream: StreamId(1),
-        kind: MediaKind::Image,
-        size,
-        name: name.into(),
-        content_type: "image/png".into(),
-    }))
-}
-
-fn data(chunk: &[u8]) -> Message {
-    Message::Imgx(Imgx::Data {
-        stream: StreamId(1),
-        chunk: bytes::Bytes::copy_from_slice(chunk),
-    })
-}
-
-fn done(name: &str, content: &[u8]) -> Message {
-    let digest = file_digest(
-        MediaKind::Image,
-        content.len() as u64,
-        name,
-        "image/png",
-        &sha256(&[content]),
-    );
-    Message::Imgx(Imgx::Done {
-        stream: StreamId(1),
-        signature: pki()
-            .device
-            .identity()
-            .key()
-            .pss_sign_digest(&digest)
-            .unwrap(),
-    })
-}
-
-async fn expect(s: &mut Session<TcpStream>, status: AckStatus) {
-    match tokio::time::timeout(Duration::from_secs(5), s.recv())
-        .await
-        .unwrap()
-    {
-        Ok(Message::Ack(a)) => assert_eq!(a.status, status, "{a:?}"),
-        other => panic!("expected ACK_ {status}, got {other:?}"),
+/// Once shutdown is requested, the server stops listening. Connects again
+/// and again (bounded) until a connection is refused; each connection made
+/// meanwhile must be one the server still accepted and told exactly
+/// `ALRT unavailable` before closing it, or one that was still in the
+/// listen queue when the listener closed, reset with nothing sent.
+async fn until_new_connections_are_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a new connection failed with {e}, not refused"),
+            Ok(mut stream) => match read_until_closed(&mut stream, Duration::from_secs(5)).await {
+                (got, Ok(())) => assert_eq!(got, ALRT_UNAVAILABLE, "an accepted connection"),
+                (got, Err(e)) => assert!(
+                    e.kind() == ErrorKind::ConnectionReset && got.is_empty(),
+                    "a connection from the listen queue: {e} after {got:?}"
+                ),
+            },
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections still accepted after shutdown"
+        );
     }
-}
-
-async fn expect_unavailable(s: &mut Session<TcpStream>) {
-    match tokio::time::timeout(Duration::from_secs(5), s.recv())
-        .await
-        .unwrap()
-    {
-        Err(SessionError::PeerAlert(AlertCode::Unavailable)) => {}
-        other => panic!("expected ALRT unavailable, got {other:?}"),
-    }
-}
-
-fn incoming_is_empty(data: &Path) -> bool {
-    std::fs::read_dir(data.join("device-1/.incoming")).map_or(true, |d| d.count() == 0)
 }
 
 #[tokio::test]
 async fn a_file_in_flight_finishes_within_the_grace_period() {
-    let server = start_server_with(pki().server_config(), |s| {
+    let mut server = start_server_with(pki().server_config(), |s| {
         s.shutdown_grace = Duration::from_secs(10);
     })
     .await;
-    let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-    let mut s = session(&server).await;
-    s.send(&open("late.png", content.len() as u64))
-        .await
-        .unwrap();
-    expect(&mut s, AckStatus::Ok).await;
-    for chunk in content[..120_000].chunks(60_000) {
-        s.send(&data(chunk)).await.unwrap();
-    }
+    let mut events = server.watch();
+    let content = varied(300_000);
+    let mut d = RawDevice::device1(server.addr).await;
+    let (stream, ack) = d.open("late.png", content.len() as u64).await;
+    assert_eq!(ack.status, AckStatus::Ok);
+    d.data(stream, &content[..120_000]).await;
 
     // SIGTERM arrives in the middle of the file.
     server.shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // A new device is no longer accepted.
-    let refused = TcpStream::connect(server.addr).await;
-    if let Ok(stream) = refused {
-        assert!(
-            Session::connect(stream, pki().device_config(), Duration::from_secs(2))
-                .await
-                .is_err()
-        );
-    }
+    until_new_connections_are_refused(server.addr).await;
 
-    for chunk in content[120_000..].chunks(60_000) {
-        s.send(&data(chunk)).await.unwrap();
-    }
-    s.send(&done("late.png", &content)).await.unwrap();
-    expect(&mut s, AckStatus::Ok).await;
+    d.data(stream, &content[120_000..]).await;
+    assert_eq!(
+        d.done(stream, "late.png", &content).await.status,
+        AckStatus::Ok
+    );
     // Then the session is closed: nothing more is accepted.
-    expect_unavailable(&mut s).await;
+    d.expect_alert(AlertCode::Unavailable).await;
+    assert_eq!(
+        ending_of(&mut events, d.local, Duration::from_secs(5)).await,
+        Some((
+            Some("device-1".to_owned()),
+            Ending::Alert(AlertCode::Unavailable)
+        ))
+    );
 
-    let stored = std::fs::read(server.data_dir.path().join("device-1/late.png")).unwrap();
-    assert_eq!(stored, content);
-    assert!(incoming_is_empty(server.data_dir.path()));
-    tokio::time::timeout(Duration::from_secs(5), server.handle)
-        .await
-        .expect("the server stops once the file is stored")
-        .unwrap()
-        .unwrap();
+    let data = server.data();
+    assert_eq!(stored_content(data, "device-1", "late.png"), Some(content));
+    assert!(incoming_is_empty(data, "device-1"));
+    // The server stops once the file is stored.
+    server.stopped_within(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn after_the_grace_period_a_file_in_flight_is_dropped_whole() {
-    let server = start_server_with(pki().server_config(), |s| {
-        s.shutdown_grace = Duration::from_millis(300);
+    let grace = Duration::from_millis(300);
+    let mut server = start_server_with(pki().server_config(), |s| {
+        s.shutdown_grace = grace;
     })
     .await;
-    let mut s = session(&server).await;
-    s.send(&open("never.png", 1_000_000)).await.unwrap();
-    expect(&mut s, AckStatus::Ok).await;
-    s.send(&data(&[1u8; 50_000])).await.unwrap();
+    let mut events = server.watch();
+    let mut d = RawDevice::device1(server.addr).await;
+    let (stream, ack) = d.open("never.png", 1_000_000).await;
+    assert_eq!(ack.status, AckStatus::Ok);
+    d.data(stream, &[1u8; 50_000]).await;
     server.shutdown.cancel();
+    let requested = Instant::now();
     // The device stalls past the grace period.
-    expect_unavailable(&mut s).await;
-    tokio::time::timeout(Duration::from_secs(5), server.handle)
-        .await
-        .expect("the server stops after the grace period")
-        .unwrap()
-        .unwrap();
-    assert!(!server.data_dir.path().join("device-1/never.png").exists());
-    assert!(incoming_is_empty(server.data_dir.path()));
+    d.expect_alert(AlertCode::Unavailable).await;
+    assert!(
+        requested.elapsed() >= grace,
+        "closed after {:?}, within the grace period",
+        requested.elapsed()
+    );
+    assert_eq!(
+        ending_of(&mut events, d.local, Duration::from_secs(5)).await,
+        Some((
+            Some("device-1".to_owned()),
+            Ending::Alert(AlertCode::Unavailable)
+        ))
+    );
+    server.stopped_within(Duration::from_secs(5)).await;
+    let data = server.data();
+    assert!(stored_files(data, "device-1").is_empty());
+    assert!(incoming_is_empty(data, "device-1"));
 }
 
 #[tokio::test]
 async fn idle_sessions_and_handshakes_are_closed_at_once() {
-    let server = start_server_with(pki().server_config(), |s| {
+    let mut server = start_server_with(pki().server_config(), |s| {
         s.shutdown_grace = Duration::from_secs(30);
     })
     .await;
-    let mut idle = session(&server).await;
-    let half_open = TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server accepts connections in the order they were made: once the
+    // later one has completed its handshake, the first one, which sends
+    // nothing, has been accepted and is in its handshake.
+    let mut half_open = TcpStream::connect(server.addr).await.unwrap();
+    let mut idle = RawDevice::device1(server.addr).await;
     server.shutdown.cancel();
-    expect_unavailable(&mut idle).await;
-    drop(half_open);
+    idle.expect_alert(AlertCode::Unavailable).await;
+    let (got, ended) = read_until_closed(&mut half_open, Duration::from_secs(5)).await;
+    assert_eq!(got, ALRT_UNAVAILABLE, "{ended:?}");
+    assert!(ended.is_ok(), "{ended:?}");
     // Nothing is in flight, so the grace period is not waited for.
-    tokio::time::timeout(Duration::from_secs(5), server.handle)
-        .await
-        .expect("the server stops without waiting for the grace period")
-        .unwrap()
-        .unwrap();
+    server.stopped_within(Duration::from_secs(5)).await;
 }

@@ -1,248 +1,32 @@
 //! The server's storage end to end (proto-spec.md §8.3.2, §8.3.4): quotas,
 //! uploads in flight, the free-space reserve, collision names, file names,
 //! the data folder at start-up, and every storage failure path, each with a
-//! real server on 127.0.0.1 (in this process, or the built binary).
+//! real server on 127.0.0.1 (in this process, or the built binary). The
+//! in-process servers run on a data folder the test chooses, so that a
+//! server can be restarted on it.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
-use bytes::Bytes;
-use secured::client::{ClientError, ClientSettings, DeviceClient, OutgoingFile};
-use secured::crypto::hash::sha256;
-use secured::message::{
-    Ack, AckStatus, AlertCode, Imgx, ImgxOpen, MAX_CHUNK_LEN, MediaKind, Message, StreamId,
+use common::binary::{
+    SERVE, ServerProcess, assert_error_is, assert_one_sentence_error, assert_success, secured,
+    send_files, send_text, stderr, workdir,
 };
-use secured::server::{self, ServerSettings};
-use secured::session::{Session, SessionError};
+use common::device::{RawDevice, detail, open};
+use common::files::{outgoing, source_file, write_varied};
+use common::server::ending_of;
+use common::start_server_in;
+use common::store::{entries, incoming_is_empty, stored_files, temporary_files};
+use secured::client::{ClientError, ClientSettings, DeviceClient};
+use secured::message::{Ack, AckStatus, AlertCode, MAX_CHUNK_LEN, MediaKind};
+use secured::service::Ending;
 use secured::store::{MAX_SUFFIX, OpenError, Store, StoreLimits};
-use secured::testkit::{TestLeaf, pki};
-use secured::transfer::file_digest;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-// ---------------------------------------------------------------------------
-// An in-process server on a data folder the test chooses (so it can be
-// restarted on the same folder).
-
-struct TestServer {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    handle: JoinHandle<std::io::Result<()>>,
-}
-
-impl TestServer {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .expect("the server stops")
-            .expect("the server task does not panic");
-        assert!(result.is_ok(), "{result:?}");
-    }
-}
-
-async fn start_server(data: &Path, adjust: impl FnOnce(&mut ServerSettings)) -> TestServer {
-    let mut settings = ServerSettings {
-        data_dir: data.to_owned(),
-        ..ServerSettings::default()
-    };
-    adjust(&mut settings);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server::run(
-        listener,
-        pki().server_config(),
-        settings,
-        shutdown.clone(),
-    ));
-    TestServer {
-        addr,
-        shutdown,
-        handle,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A device speaking raw IMGX, so each ACK can be checked where it comes.
-
-struct Device {
-    session: Session<TcpStream>,
-    leaf: &'static TestLeaf,
-    next: u32,
-}
-
-impl Device {
-    async fn connect(addr: SocketAddr, leaf: &'static TestLeaf) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let config = pki().device_config_as(leaf.identity());
-        let session = Session::connect(stream, config, Duration::from_secs(10))
-            .await
-            .unwrap();
-        Self {
-            session,
-            leaf,
-            next: 1,
-        }
-    }
-
-    async fn device1(addr: SocketAddr) -> Self {
-        Self::connect(addr, &pki().device).await
-    }
-
-    async fn device2(addr: SocketAddr) -> Self {
-        Self::connect(addr, &pki().device2).await
-    }
-
-    async fn ack(&mut self) -> Ack {
-        match self.session.recv().await.unwrap() {
-            Message::Ack(a) => a,
-            other => panic!("expected ACK_, got {other:?}"),
-        }
-    }
-
-    /// Sends `OPEN` on a new stream and returns the stream and the answer.
-    async fn open(&mut self, name: &str, size: u64) -> (u32, Ack) {
-        let stream = self.next;
-        self.next += 2;
-        self.session
-            .send(&Message::Imgx(Imgx::Open(ImgxOpen {
-                stream: StreamId(stream),
-                kind: MediaKind::Image,
-                size,
-                name: name.into(),
-                content_type: "image/png".into(),
-            })))
-            .await
-            .unwrap();
-        (stream, self.ack().await)
-    }
-
-    async fn data(&mut self, stream: u32, content: &[u8]) {
-        for chunk in content.chunks(MAX_CHUNK_LEN) {
-            self.session
-                .send(&Message::Imgx(Imgx::Data {
-                    stream: StreamId(stream),
-                    chunk: Bytes::copy_from_slice(chunk),
-                }))
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn done(&mut self, stream: u32, name: &str, content: &[u8]) -> Ack {
-        let digest = file_digest(
-            MediaKind::Image,
-            content.len() as u64,
-            name,
-            "image/png",
-            &sha256(&[content]),
-        );
-        let signature = self.leaf.identity().key().pss_sign_digest(&digest).unwrap();
-        self.session
-            .send(&Message::Imgx(Imgx::Done {
-                stream: StreamId(stream),
-                signature,
-            }))
-            .await
-            .unwrap();
-        self.ack().await
-    }
-
-    async fn abort(&mut self, stream: u32) -> Ack {
-        self.session
-            .send(&Message::Imgx(Imgx::Abort {
-                stream: StreamId(stream),
-                reason: "test".into(),
-            }))
-            .await
-            .unwrap();
-        self.ack().await
-    }
-
-    /// A whole upload: the `OPEN` refusal, or the final `ACK_`.
-    async fn upload(&mut self, name: &str, content: &[u8]) -> Ack {
-        let (stream, ack) = self.open(name, content.len() as u64).await;
-        if ack.status != AckStatus::Ok {
-            return ack;
-        }
-        self.data(stream, content).await;
-        self.done(stream, name, content).await
-    }
-
-    /// Uploads and returns the name the file was stored under.
-    async fn store(&mut self, name: &str, content: &[u8]) -> String {
-        let ack = self.upload(name, content).await;
-        assert_eq!(ack.status, AckStatus::Ok, "{name}: {}", detail(&ack));
-        assert_eq!(&ack.detail[..32], &sha256(&[content])[..]);
-        String::from_utf8(ack.detail[32..].to_vec()).unwrap()
-    }
-
-    async fn text(&mut self, text: &str) {
-        let stream = self.next;
-        self.next += 2;
-        self.session
-            .send(&Message::Secx(secured::message::Secx {
-                stream: StreamId(stream),
-                text: text.into(),
-            }))
-            .await
-            .unwrap();
-        assert_eq!(self.ack().await.status, AckStatus::Ok);
-    }
-
-    async fn close(mut self) {
-        self.session.close(Duration::from_secs(5)).await.unwrap();
-    }
-}
-
-fn detail(ack: &Ack) -> String {
-    String::from_utf8_lossy(&ack.detail).into_owned()
-}
+use secured::testkit::pki;
 
 fn assert_refused(ack: &Ack, status: AckStatus, detail_is: &str) {
     assert_eq!(ack.status, status, "{}", detail(ack));
     assert_eq!(detail(ack), detail_is);
-}
-
-/// Files stored for `device`, sorted, without the hidden folders.
-fn stored(data: &Path, device: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(data.join(device)) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
-}
-
-fn entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, Iterator::count)
-}
-
-/// Waits (bounded) until `cond` holds.
-async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
-/// Waits (bounded) until no temporary file is left for `device`.
-async fn no_partials(data: &Path, device: &str) -> bool {
-    let incoming = data.join(device).join(".incoming");
-    eventually(|| entries(&incoming) == 0).await
 }
 
 // ---------------------------------------------------------------------------
@@ -252,8 +36,8 @@ async fn no_partials(data: &Path, device: &str) -> bool {
 async fn a_device_over_its_byte_quota_is_refused_at_open_and_others_still_upload() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |s| s.storage.quota_bytes_per_device = 1000).await;
-    let mut d1 = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.quota_bytes_per_device = 1000).await;
+    let mut d1 = RawDevice::device1(server.addr).await;
     assert_eq!(d1.store("a.png", &[1; 600]).await, "a.png");
     let (_, ack) = d1.open("b.png", 600).await;
     assert_refused(
@@ -262,8 +46,8 @@ async fn a_device_over_its_byte_quota_is_refused_at_open_and_others_still_upload
         "the device has 600 B of its 1000 B quota in use; this file needs 600 B",
     );
     // Refused before anything was written: no temporary file, nothing new.
-    assert_eq!(entries(&data.join("device-1/.incoming")), 0);
-    assert_eq!(stored(data, "device-1"), ["a.png"]);
+    assert!(incoming_is_empty(data, "device-1"));
+    assert_eq!(stored_files(data, "device-1"), ["a.png"]);
     // The session goes on, and what still fits is accepted.
     d1.text("still here").await;
     assert_eq!(d1.store("c.png", &[2; 400]).await, "c.png");
@@ -273,10 +57,10 @@ async fn a_device_over_its_byte_quota_is_refused_at_open_and_others_still_upload
     );
     d1.close().await;
     // Another device has its own quota.
-    let mut d2 = Device::device2(server.addr).await;
+    let mut d2 = RawDevice::device2(server.addr).await;
     assert_eq!(d2.store("b.png", &[4; 600]).await, "b.png");
     d2.close().await;
-    assert_eq!(stored(data, "device-1"), ["a.png", "c.png"]);
+    assert_eq!(stored_files(data, "device-1"), ["a.png", "c.png"]);
     server.stop().await;
 }
 
@@ -284,8 +68,8 @@ async fn a_device_over_its_byte_quota_is_refused_at_open_and_others_still_upload
 async fn the_file_quota_counts_what_is_stored_and_is_known_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |s| s.storage.quota_files_per_device = 2).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.quota_files_per_device = 2).await;
+    let mut d = RawDevice::device1(server.addr).await;
     d.store("a.png", b"a").await;
     d.store("b.png", b"b").await;
     let (_, ack) = d.open("c.png", 1).await;
@@ -297,8 +81,8 @@ async fn the_file_quota_counts_what_is_stored_and_is_known_at_start_up() {
     d.close().await;
     server.stop().await;
     // A restarted server counts the files already there.
-    let server = start_server(data, |s| s.storage.quota_files_per_device = 3).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.quota_files_per_device = 3).await;
+    let mut d = RawDevice::device1(server.addr).await;
     d.store("c.png", b"c").await;
     let (_, ack) = d.open("d.png", 1).await;
     assert_refused(
@@ -307,7 +91,7 @@ async fn the_file_quota_counts_what_is_stored_and_is_known_at_start_up() {
         "the device has 3 of its 3 files in use",
     );
     d.close().await;
-    assert_eq!(stored(data, "device-1"), ["a.png", "b.png", "c.png"]);
+    assert_eq!(stored_files(data, "device-1"), ["a.png", "b.png", "c.png"]);
     server.stop().await;
 }
 
@@ -315,13 +99,14 @@ async fn the_file_quota_counts_what_is_stored_and_is_known_at_start_up() {
 async fn uploads_in_flight_are_capped_per_device_over_all_its_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |s| s.storage.max_uploads_per_device = 1).await;
-    let mut a = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
+    let mut events = server.watch();
+    let mut a = RawDevice::device1(server.addr).await;
     let (held, ack) = a.open("held.png", 1000).await;
     assert_eq!(ack.status, AckStatus::Ok);
     a.data(held, &[0; 10]).await;
     // Another session of the same device is told to retry later …
-    let mut b = Device::device1(server.addr).await;
+    let mut b = RawDevice::device1(server.addr).await;
     let (_, ack) = b.open("b.png", 1).await;
     assert_refused(
         &ack,
@@ -329,7 +114,7 @@ async fn uploads_in_flight_are_capped_per_device_over_all_its_sessions() {
         "the device already has as many uploads in progress as it may (1); retry when one has ended",
     );
     // … while another device is not affected.
-    let mut other = Device::device2(server.addr).await;
+    let mut other = RawDevice::device2(server.addr).await;
     other.store("other.png", b"o").await;
     // An abort gives the slot back.
     assert_eq!(a.abort(held).await.status, AckStatus::Aborted);
@@ -337,23 +122,20 @@ async fn uploads_in_flight_are_capped_per_device_over_all_its_sessions() {
     assert_eq!(ack.status, AckStatus::Ok, "{}", detail(&ack));
     b.data(cut, &[0; 10]).await;
     assert_eq!(a.upload("c.png", b"c").await.status, AckStatus::Busy);
-    // So does a session cut in the middle of a file.
+    // So does a session cut in the middle of a file, once the server has
+    // seen it end.
+    let cut_session = b.local;
     drop(b);
-    let mut freed = false;
-    for _ in 0..200 {
-        let ack = a.upload("c.png", b"c").await;
-        if ack.status == AckStatus::Ok {
-            freed = true;
-            break;
-        }
-        assert_eq!(ack.status, AckStatus::Busy, "{}", detail(&ack));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(freed, "the cut session's upload still counts");
+    assert_eq!(
+        ending_of(&mut events, cut_session, Duration::from_secs(5)).await,
+        Some((Some("device-1".to_owned()), Ending::Truncated))
+    );
+    assert!(incoming_is_empty(data, "device-1"));
+    assert_eq!(a.store("c.png", b"c").await, "c.png");
     a.close().await;
     other.close().await;
-    assert_eq!(stored(data, "device-1"), ["c.png"]);
-    assert!(no_partials(data, "device-1").await);
+    assert_eq!(stored_files(data, "device-1"), ["c.png"]);
+    assert!(incoming_is_empty(data, "device-1"));
     server.stop().await;
 }
 
@@ -363,8 +145,8 @@ async fn an_upload_that_would_go_below_the_free_space_reserve_is_refused() {
     let data = dir.path();
     // Far more than any file system here has free.
     let reserve = 1u64 << 62;
-    let server = start_server(data, |s| s.storage.min_free_space = reserve).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.min_free_space = reserve).await;
+    let mut d = RawDevice::device1(server.addr).await;
     let (_, ack) = d.open("a.png", 1).await;
     assert_eq!(ack.status, AckStatus::InsufficientStorage);
     let text = detail(&ack);
@@ -387,8 +169,8 @@ async fn an_upload_that_would_go_below_the_free_space_reserve_is_refused() {
 async fn uploads_of_one_name_get_the_next_suffixes_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |_| {}).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |_| {}).await;
+    let mut d = RawDevice::device1(server.addr).await;
     let mut expected = Vec::new();
     for i in 0..40u8 {
         let name = d.store("a.jpg", &[i]).await;
@@ -418,7 +200,7 @@ async fn uploads_of_one_name_get_the_next_suffixes_in_order() {
     assert!(data.join("device-1").join(&second).is_file());
     d.close().await;
     expected.sort();
-    let all = stored(data, "device-1");
+    let all = stored_files(data, "device-1");
     let a: Vec<_> = all
         .iter()
         .filter(|n| n.starts_with("a.") || n.starts_with("a ("))
@@ -439,15 +221,16 @@ async fn when_the_suffixes_run_out_the_file_is_refused_and_nothing_is_published(
         std::fs::write(folder.join(format!("full ({n}).jpg")), b"").unwrap();
     }
     let before = entries(&folder);
-    let server = start_server(data, |s| s.storage.max_uploads_per_device = 1).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
+    let mut d = RawDevice::device1(server.addr).await;
     let ack = d.upload("full.jpg", b"one too many").await;
     assert_refused(
         &ack,
         AckStatus::StorageError,
         "no free name: full.jpg, full (1).jpg to full (9999).jpg are all taken; send it under another name",
     );
-    assert!(no_partials(data, "device-1").await);
+    // The answer comes once the temporary file is gone.
+    assert!(incoming_is_empty(data, "device-1"));
     assert_eq!(entries(&folder.join(".meta")), 0, "a record was published");
     // .incoming and .meta are the only new entries.
     assert_eq!(entries(&folder), before + 2);
@@ -464,29 +247,16 @@ async fn when_the_suffixes_run_out_the_file_is_refused_and_nothing_is_published(
 async fn names_with_invisible_formatting_characters_are_refused_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |_| {}).await;
+    let server = start_server_in(data, |_| {}).await;
     // The server refuses it with an alert …
     for name in ["invoice\u{202e}gpj.exe", "a\u{200b}.jpg", "\u{feff}b.jpg"] {
-        let mut d = Device::device1(server.addr).await;
-        d.session
-            .send(&Message::Imgx(Imgx::Open(ImgxOpen {
-                stream: StreamId(1),
-                kind: MediaKind::Image,
-                size: 3,
-                name: name.into(),
-                content_type: "image/png".into(),
-            })))
-            .await
-            .unwrap();
-        match d.session.recv().await {
-            Err(SessionError::PeerAlert(code)) => assert_eq!(code, AlertCode::IllegalParameter),
-            other => panic!("{name:?}: expected illegal_parameter, got {other:?}"),
-        }
+        let mut d = RawDevice::device1(server.addr).await;
+        d.send(&open(1, name, 3)).await;
+        d.expect_alert(AlertCode::IllegalParameter).await;
     }
     // … and the device does not send it.
     let src = tempfile::tempdir().unwrap();
-    let path = src.path().join("f");
-    std::fs::write(&path, b"abc").unwrap();
+    let (path, _) = source_file(src.path(), "f", 3);
     let mut client = DeviceClient::connect(
         &server.addr.to_string(),
         pki().device_config(),
@@ -494,18 +264,15 @@ async fn names_with_invisible_formatting_characters_are_refused_on_both_sides() 
     )
     .await
     .unwrap();
-    let file = OutgoingFile {
-        path,
-        name: "invoice\u{202e}gpj.exe".into(),
-        kind: MediaKind::Image,
-        content_type: "image/jpeg".into(),
-        size: 3,
-    };
+    let file = outgoing(&path, "invoice\u{202e}gpj.exe", MediaKind::Image, 3);
     let err = client.send_file(&file, |_| {}).await.unwrap_err();
-    assert!(matches!(err, ClientError::BadFileName { .. }), "{err}");
+    assert!(
+        matches!(&err, ClientError::BadFileName { name, .. } if *name == file.name),
+        "{err}"
+    );
     client.send_text("still connected").await.unwrap();
     client.close().await.unwrap();
-    assert!(stored(data, "device-1").is_empty());
+    assert!(stored_files(data, "device-1").is_empty());
     server.stop().await;
 }
 
@@ -523,11 +290,11 @@ async fn start_up_copes_with_folders_and_links_in_incoming() {
     std::fs::write(&outside, b"not ours").unwrap();
     std::os::unix::fs::symlink(&outside, incoming.join("link.part")).unwrap();
     std::os::unix::fs::symlink(dir.path(), incoming.join("dir-link")).unwrap();
-    let server = start_server(&data, |_| {}).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(&data, |_| {}).await;
+    let mut d = RawDevice::device1(server.addr).await;
     assert_eq!(d.store("a.png", b"a").await, "a.png");
     d.close().await;
-    assert_eq!(entries(&incoming), 0);
+    assert!(incoming_is_empty(&data, "device-1"));
     assert_eq!(std::fs::read(&outside).unwrap(), b"not ours");
     server.stop().await;
 }
@@ -536,27 +303,28 @@ async fn start_up_copes_with_folders_and_links_in_incoming() {
 async fn a_second_server_on_the_same_data_folder_refuses_to_start_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let first = start_server(data, |_| {}).await;
-    let mut d = Device::device1(first.addr).await;
+    let first = start_server_in(data, |_| {}).await;
+    let mut d = RawDevice::device1(first.addr).await;
     let (stream, ack) = d.open("movie.png", 100).await;
     assert_eq!(ack.status, AckStatus::Ok);
     d.data(stream, &[7; 50]).await;
-    let incoming = data.join("device-1/.incoming");
-    assert!(eventually(|| entries(&incoming) == 1).await);
+    // The temporary file is made before the OPEN is answered.
+    let in_flight = temporary_files(data, "device-1").expect("a temporary folder");
+    assert_eq!(in_flight.len(), 1, "{in_flight:?}");
 
-    let second = start_server(data, |_| {}).await;
-    let err = tokio::time::timeout(Duration::from_secs(10), second.handle)
+    // The second server gives up at once.
+    let mut second = start_server_in(data, |_| {}).await;
+    let err = second
+        .outcome(Duration::from_secs(10))
         .await
-        .expect("the second server gives up at once")
-        .unwrap()
-        .unwrap_err();
+        .expect_err("the data folder is in use");
     let open = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<OpenError>())
         .expect("an OpenError");
     assert!(matches!(open, OpenError::Locked { .. }), "{open}");
     // The first server's upload is intact and completes.
-    assert_eq!(entries(&incoming), 1);
+    assert_eq!(temporary_files(data, "device-1"), Some(in_flight));
     d.data(stream, &[7; 50]).await;
     assert_eq!(
         d.done(stream, "movie.png", &[7; 100]).await.status,
@@ -575,7 +343,7 @@ async fn a_second_server_on_the_same_data_folder_refuses_to_start_and_deletes_no
 async fn an_incoming_folder_that_cannot_be_created_refuses_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |s| s.storage.max_uploads_per_device = 1).await;
+    let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
     let folder = data.join("device-1");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(
@@ -583,14 +351,14 @@ async fn an_incoming_folder_that_cannot_be_created_refuses_at_open() {
         b"a file where the folder should be",
     )
     .unwrap();
-    let mut d = Device::device1(server.addr).await;
+    let mut d = RawDevice::device1(server.addr).await;
     let (_, ack) = d.open("a.png", 3).await;
     assert_refused(
         &ack,
         AckStatus::StorageError,
         "the server cannot store files now",
     );
-    assert!(stored(data, "device-1").is_empty());
+    assert!(stored_files(data, "device-1").is_empty());
     assert!(folder.join(".incoming").is_file());
     // The session goes on; once the folder can be created, uploads work
     // (and the refused one holds no upload slot).
@@ -605,8 +373,8 @@ async fn an_incoming_folder_that_cannot_be_created_refuses_at_open() {
 async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let server = start_server(data, |s| s.storage.max_uploads_per_device = 1).await;
-    let mut d = Device::device1(server.addr).await;
+    let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
+    let mut d = RawDevice::device1(server.addr).await;
     let content = vec![5u8; 3 * MAX_CHUNK_LEN + 11];
     let (stream, ack) = d.open("a.png", content.len() as u64).await;
     assert_eq!(ack.status, AckStatus::Ok);
@@ -621,8 +389,12 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
         AckStatus::StorageError,
         "the server could not store the file",
     );
-    assert!(stored(data, "device-1").is_empty(), "published anyway");
-    assert!(no_partials(data, "device-1").await);
+    assert!(
+        stored_files(data, "device-1").is_empty(),
+        "published anyway"
+    );
+    // The answer comes once the temporary file is gone.
+    assert!(incoming_is_empty(data, "device-1"));
     // Repaired, the same session stores the file.
     std::fs::remove_file(&meta).unwrap();
     assert_eq!(d.store("a.png", &content).await, "a.png");
@@ -634,164 +406,16 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
 // ---------------------------------------------------------------------------
 // The built binary: PKI files from `secured pki init`, one server process.
 
-const BIN: &str = env!("CARGO_BIN_EXE_secured");
-
-/// Runs the binary to its end, killing it if it is still running after a
-/// minute (a server that should have refused to start, say).
-fn secured(dir: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .current_dir(dir)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("SECURED_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run secured");
-    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().unwrap()));
-    let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let mut status = None;
-    for _ in 0..6000 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("secured {args:?} was still running after a minute");
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
-/// A folder with the files of `secured pki init`, made once and copied.
-fn workdir() -> tempfile::TempDir {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let template = TEMPLATE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = secured(dir.path(), &["pki", "init", "--ca-bits", "2048"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        dir
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", template.path().display()))
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A `secured serve` process (through `sh -c SCRIPT`, which ends in `exec`
-/// of the binary); the address is read from its JSON log.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl ServerProcess {
-    fn start(dir: &Path, script: &str) -> Self {
-        let mut child = Command::new("sh")
-            .current_dir(dir)
-            .args(["-c", script, BIN])
-            .env_remove("RUST_LOG")
-            .env_remove("SECURED_CONFIG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let listening = |line: &str| {
-            let rest = line.split_once("\"listening\"").map(|_| line)?;
-            let (_, after) = rest.split_once("\"addr\":\"")?;
-            after.split('"').next().map(str::to_owned)
-        };
-        loop {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok(line) => {
-                    if let Some(addr) = listening(&line) {
-                        return Self {
-                            child,
-                            addr,
-                            log: rx,
-                        };
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the server did not start");
-                }
-            }
-        }
-    }
-
-    /// Waits (bounded) for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const SERVE: &str = r#"exec "$0" serve --listen 127.0.0.1:0 --log-format json"#;
-
-fn assert_one_sentence(out: &Output, sentence: &str) {
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
-    assert_eq!(stderr(out), format!("error: {sentence}\n"));
-}
-
 #[test]
 fn the_binary_refuses_a_data_folder_in_use_or_unusable_in_one_sentence() {
     let dir = workdir();
-    let first = ServerProcess::start(dir.path(), SERVE);
+    let first = ServerProcess::start(dir.path());
     let partial = dir.path().join("data/device-1/.incoming/in-flight.part");
     std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
     std::fs::write(&partial, b"someone else's upload").unwrap();
     let serve = ["serve", "--listen", "127.0.0.1:0"];
     let out = secured(dir.path(), &serve);
-    assert_one_sentence(
+    assert_error_is(
         &out,
         "another secured server is using the data folder data; stop it or choose another --data-dir",
     );
@@ -806,7 +430,7 @@ fn the_binary_refuses_a_data_folder_in_use_or_unusable_in_one_sentence() {
         dir.path(),
         &[&serve[..], &["--data-dir", "a-file"]].concat(),
     );
-    assert_one_sentence(
+    assert_error_is(
         &out,
         "the data folder a-file is not a folder; choose another --data-dir",
     );
@@ -814,19 +438,18 @@ fn the_binary_refuses_a_data_folder_in_use_or_unusable_in_one_sentence() {
         dir.path(),
         &[&serve[..], &["--data-dir", "/proc/self"]].concat(),
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_one_sentence_error(&out, &[]);
     let err = stderr(&out);
     assert!(
         err.starts_with("error: the data folder /proc/self is not writable: ")
-            && err.ends_with("; make it writable or choose another --data-dir\n")
-            && err.lines().count() == 1,
+            && err.ends_with("; make it writable or choose another --data-dir\n"),
         "{err}"
     );
     let out = secured(
         dir.path(),
         &[&serve[..], &["--quota-files-per-device", "0"]].concat(),
     );
-    assert_one_sentence(
+    assert_error_is(
         &out,
         "quota_files_per_device must be at least 1, or no device could store anything",
     );
@@ -838,45 +461,28 @@ fn a_write_that_fails_mid_file_is_a_storage_error_and_the_server_goes_on() {
     // Files over 1 MiB cannot be written (512 KiB where the shell counts
     // 512-byte blocks): writes past the limit fail with EFBIG.
     let script = format!(r#"trap "" XFSZ; ulimit -f 1024 && {SERVE}"#);
-    let server = ServerProcess::start(dir.path(), &script);
-    let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
-    std::fs::write(dir.path().join("big.mp4"), &big).unwrap();
+    let server = ServerProcess::start_script(dir.path(), &script, &[]);
+    write_varied(&dir.path().join("big.mp4"), 4 << 20);
     std::fs::write(dir.path().join("small.mp4"), b"small enough").unwrap();
-    let out = secured(
+    let (out, report) = send_files(
         dir.path(),
-        &[
-            "device",
-            "send-file",
-            "--server",
-            &server.addr,
-            "--kind",
-            "video",
-            "--json",
-            "big.mp4",
-            "small.mp4",
-        ],
+        &server.addr,
+        &["--kind", "video", "big.mp4", "small.mp4"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_one_sentence_error(&out, &["1 of 2 files were not stored as sent"]);
     let big = &report["files"][0];
     assert_eq!(big["status"], "refused", "{big}");
     assert_eq!(big["code"], "storage_error", "{big}");
-    assert!(
-        big["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("the server could not write the file")),
-        "{big}"
+    assert_eq!(
+        big["message"],
+        "the server refused stream 1: storage_error (the server could not write the file)"
     );
     assert_eq!(report["files"][1]["verified"], true, "{report}");
-    assert!(server.wait_for("writing a received file failed"));
+    server.wait_for(&["writing a received file failed"]);
     let data = dir.path().join("data");
-    assert_eq!(stored(&data, "device-1"), ["small.mp4"]);
-    assert_eq!(entries(&data.join("device-1/.incoming")), 0);
+    assert_eq!(stored_files(&data, "device-1"), ["small.mp4"]);
+    assert!(incoming_is_empty(&data, "device-1"));
     assert_eq!(entries(&data.join("device-1/.meta")), 1);
     // The server still serves.
-    let out = secured(
-        dir.path(),
-        &["device", "send-text", "--server", &server.addr, "after"],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_success(&send_text(dir.path(), &server.addr, &["after"]));
 }

@@ -9,13 +9,21 @@ fn device_config() -> secured::handshake::DeviceConfig {
     secured::testkit::pki().device_config_with(provider())
 }
 
-#[allow(dead_code)]
 fn device_config_as_leaf(
     identity: std::sync::Arc<secured::pki::Identity>,
 ) -> secured::handshake::DeviceConfig {
     let mut c = device_config();
     c.identity = identity;
     c
+}
+
+/// device-1 for even `i`, device-2 for odd `i`.
+fn device1_or_2(i: usize) -> secured::handshake::DeviceConfig {
+    if i.is_multiple_of(2) {
+        device_config()
+    } else {
+        device_config_as_leaf(secured::testkit::pki().device2.identity_with(provider()))
+    }
 }
 
 fn server_config() -> secured::handshake::ServerConfig {
