@@ -135,7 +135,9 @@ pub enum SessionError {
     #[error("the connection ended without ENDD: the session was truncated")]
     Truncated,
     /// The peer does not speak this protocol.
-    #[error("the other side does not speak the secured protocol (it sent {first_bytes}); check that the address is a secured server")]
+    #[error(
+        "the other side does not speak the secured protocol (it sent {first_bytes}); check that the address is a secured server"
+    )]
     NotSecured {
         /// The first bytes received, quoted where printable.
         first_bytes: String,
@@ -708,17 +710,27 @@ where
 
     /// Answers the peer's `ENDD` with ours, then reads until the peer closes
     /// its side; a record instead is answered with `ALRT
-    /// unexpected_message`. Bounded by `timeout`.
+    /// unexpected_message`. Bounded by `timeout`; if `enough` completes
+    /// first (the server shutting down), waiting for the peer's close ends
+    /// there: both `ENDD`s are exchanged, so nothing is lost by closing.
     ///
     /// # Errors
     /// I/O errors, [`SessionError::Unexpected`] for data after `ENDD`, or
     /// [`SessionError::Timeout`].
-    pub async fn finish_close(&mut self, timeout: Duration) -> Result<(), SessionError> {
+    pub async fn finish_close(
+        &mut self,
+        timeout: Duration,
+        enough: impl Future<Output = ()>,
+    ) -> Result<(), SessionError> {
         if !self.sent_endd {
             self.sent_endd = true;
             self.send(&Message::Endd).await?;
         }
-        if let Err(e) = self.drain_until_eof(timeout).await {
+        let drained = tokio::select! {
+            r = self.drain_until_eof(timeout) => r,
+            () = enough => Ok(()),
+        };
+        if let Err(e) = drained {
             if let Some(code) = e.alert() {
                 self.abort(code).await;
             }

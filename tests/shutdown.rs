@@ -65,11 +65,14 @@ async fn a_file_in_flight_finishes_within_the_grace_period() {
     until_new_connections_are_refused(server.addr).await;
 
     d.data(stream, &content[120_000..]).await;
-    assert_eq!(
-        d.done(stream, "late.png", &content).await.status,
-        AckStatus::Ok
-    );
-    // Then the session is closed: nothing more is accepted.
+    // DONE, and right behind it a new OPEN, during the grace period.
+    let signer = pki().device.identity();
+    d.send(&common::device::done(&signer, stream, "late.png", &content))
+        .await;
+    d.send(&common::device::open(stream + 2, "more.png", 3))
+        .await;
+    assert_eq!(d.ack().await.status, AckStatus::Ok);
+    // Then the session is closed: the new file is not accepted.
     d.expect_alert(AlertCode::Unavailable).await;
     assert_eq!(
         ending_of(&mut events, d.local, Duration::from_secs(5)).await,
@@ -81,6 +84,7 @@ async fn a_file_in_flight_finishes_within_the_grace_period() {
 
     let data = server.data();
     assert_eq!(stored_content(data, "device-1", "late.png"), Some(content));
+    assert_eq!(stored_files(data, "device-1"), ["late.png"]);
     assert!(incoming_is_empty(data, "device-1"));
     // The server stops once the file is stored.
     server.stopped_within(Duration::from_secs(5)).await;
@@ -138,4 +142,29 @@ async fn idle_sessions_and_handshakes_are_closed_at_once() {
     assert!(ended.is_ok(), "{ended:?}");
     // Nothing is in flight, so the grace period is not waited for.
     server.stopped_within(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_device_that_keeps_its_socket_open_after_endd_does_not_delay_shutdown() {
+    let mut server = start_server_with(pki().server_config(), |s| {
+        s.shutdown_grace = Duration::from_secs(30);
+    })
+    .await;
+    let mut events = server.watch();
+    let mut device = RawDevice::device1(server.addr).await;
+    // ENDD both ways, then the device neither closes nor sends.
+    device.send(&secured::message::Message::Endd).await;
+    assert!(matches!(
+        device.recv().await,
+        Ok(secured::message::Message::Endd)
+    ));
+    server.shutdown.cancel();
+    // Both ENDDs were exchanged: the session ended cleanly, and the server
+    // stops without waiting for the grace period.
+    let (who, ending) = common::server::next_ending(&mut events, Duration::from_secs(5))
+        .await
+        .expect("the session ends");
+    assert_eq!((who.as_deref(), ending), (Some("device-1"), Ending::Clean));
+    server.stopped_within(Duration::from_secs(5)).await;
+    drop(device);
 }

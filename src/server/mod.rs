@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -219,6 +220,16 @@ impl Server {
                     .instrument(span),
             );
         }
+        // Connections the kernel already completed but nobody accepted yet
+        // are told the server is going away, rather than reset unanswered.
+        while let Some(Ok((socket, peer))) = listener.accept().now_or_never() {
+            debug!(%peer, "connection refused: shutting down");
+            let _ = socket.try_write(
+                &Message::Alert(AlertCode::Unavailable)
+                    .to_plain_frame()
+                    .to_wire(),
+            );
+        }
         drop(listener);
         tracker.close();
         let grace = shared.settings.shutdown_grace;
@@ -373,6 +384,8 @@ async fn serve_connection(
     if session.is_broken() {
         crate::net::reset_on_close(session.transport());
     }
+    // Closed means closed: the socket goes before the event.
+    drop(session);
     shared.events.publish(Event::Closed {
         peer,
         device: Some(device),
@@ -425,7 +438,9 @@ async fn serve_session(
             {
                 return fail(session, &e).await;
             }
-            return match session.finish_close(shared.settings.idle_timeout).await {
+            let closing =
+                session.finish_close(shared.settings.idle_timeout, shared.shutdown.cancelled());
+            return match closing.await {
                 Ok(()) => {
                     info!("session closed");
                     Ending::Clean
