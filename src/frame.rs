@@ -45,6 +45,17 @@ impl FrameKind {
     pub const ENDD: Self = Self(*b"ENDD");
     /// Alert: an error code before closing.
     pub const ALRT: Self = Self(*b"ALRT");
+    /// Every frame type of protocol version 1.
+    pub const VERSION_1: [Self; 8] = [
+        Self::HELO,
+        Self::PREM,
+        Self::FINI,
+        Self::SECX,
+        Self::IMGX,
+        Self::ACK,
+        Self::ENDD,
+        Self::ALRT,
+    ];
 
     /// The type as text if it is printable ASCII.
     #[must_use]

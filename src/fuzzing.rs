@@ -75,16 +75,7 @@ fn fixed_pki() -> FixedPki {
 }
 
 /// The frame types a selector byte chooses from.
-const KINDS: [FrameKind; 8] = [
-    FrameKind::HELO,
-    FrameKind::PREM,
-    FrameKind::FINI,
-    FrameKind::SECX,
-    FrameKind::IMGX,
-    FrameKind::ACK,
-    FrameKind::ENDD,
-    FrameKind::ALRT,
-];
+const KINDS: [FrameKind; 8] = FrameKind::VERSION_1;
 
 /// The moment every certificate check of the fuzzers happens at:
 /// 2030-01-01, inside the validity of the fixed PKI.

@@ -305,16 +305,7 @@ async fn server_first_frame<S>(framed: &mut Framed<S, FrameCodec>) -> Result<Fra
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    const OURS: [FrameKind; 8] = [
-        FrameKind::HELO,
-        FrameKind::PREM,
-        FrameKind::FINI,
-        FrameKind::SECX,
-        FrameKind::IMGX,
-        FrameKind::ACK,
-        FrameKind::ENDD,
-        FrameKind::ALRT,
-    ];
+    const OURS: [FrameKind; 8] = FrameKind::VERSION_1;
     match next_frame(framed, "the server HELO").await {
         // A frame of this protocol, if not the one expected, is for the
         // handshake to refuse.
