@@ -21,12 +21,13 @@
 //! plaintext before) and closes.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -225,8 +226,9 @@ pub struct Session<S> {
     scratch: Vec<u8>,
     limits: IoLimits,
     stop: CancellationToken,
-    /// When the peer's certificate expires.
-    expires: Instant,
+    /// Fires when the peer's certificate expires: one timer for the whole
+    /// session, not one per record.
+    expiry: Pin<Box<Sleep>>,
     sent_endd: bool,
     received_endd: bool,
     /// A write failed or timed out: the write buffer can no longer be
@@ -450,7 +452,7 @@ where
             scratch: Vec::with_capacity(1024),
             limits,
             stop: CancellationToken::new(),
-            expires: Instant::now() + left,
+            expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
             sent_endd: false,
             received_endd: false,
             broken: false,
@@ -597,7 +599,7 @@ where
         let frame = tokio::select! {
             biased;
             () = self.stop.cancelled() => return Err(SessionError::Stopped),
-            () = tokio::time::sleep_until(self.expires) => {
+            () = &mut self.expiry => {
                 return Err(SessionError::PeerCertificateExpired);
             }
             r = tokio::time::timeout(limit, next_frame(&mut self.framed, "the next record")) => {

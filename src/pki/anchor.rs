@@ -247,29 +247,15 @@ mod tests {
     /// given key usage and validity.
     fn ca_variant(usage: KeyUsage, validity: crate::pki::Validity) -> Vec<u8> {
         use der::Decode;
-        use x509_cert::ext::pkix::BasicConstraints;
 
-        use crate::pki::issue::{CertSpec, extension};
+        use crate::pki::issue::{CertSpec, ca_extensions};
 
         let f = fixture();
         let ca = x509_cert::Certificate::from_der(f.ca.cert_der()).unwrap();
         let tbs = ca.tbs_certificate();
         let subject = tbs.subject().clone();
         let spki = tbs.subject_public_key_info().clone();
-        let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).unwrap();
-        let extensions = vec![
-            extension(
-                true,
-                &BasicConstraints {
-                    ca: true,
-                    path_len_constraint: Some(0),
-                },
-                &subject,
-            )
-            .unwrap(),
-            extension(true, &usage, &subject).unwrap(),
-            extension(false, &ski, &subject).unwrap(),
-        ];
+        let extensions = ca_extensions(&subject, &spki, usage).unwrap();
         crate::pki::testutil::sign_with(
             CertSpec {
                 issuer: subject.clone(),

@@ -157,23 +157,11 @@ impl CertificateAuthority {
         let key = load_generated_key(&key_pkcs8, provider)?;
         let spki = spki_of(key.as_ref())?;
         let subject = make_name(Some(CA_ORGANIZATION), common_name).map_err(build_error("CA"))?;
-        let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(build_error("CA"))?;
-        let extensions = vec![
-            extension(
-                true,
-                &BasicConstraints {
-                    ca: true,
-                    path_len_constraint: Some(0),
-                },
-                &subject,
-            )?,
-            extension(
-                true,
-                &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
-                &subject,
-            )?,
-            extension(false, &ski, &subject)?,
-        ];
+        let extensions = ca_extensions(
+            &subject,
+            &spki,
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+        )?;
         let cert_der = build_cert(
             CertSpec {
                 issuer: subject.clone(),
@@ -549,6 +537,28 @@ fn spki_of(key: &dyn RsaPrivateKey) -> Result<SubjectPublicKeyInfoOwned, PkiErro
 }
 
 /// Encodes an extension with explicit criticality.
+/// The extensions of a CA certificate (proto-spec.md §2): basicConstraints
+/// CA with pathLen 0 and `usage`, both critical, and the key identifier.
+pub(crate) fn ca_extensions(
+    subject: &Name,
+    spki: &SubjectPublicKeyInfoOwned,
+    usage: KeyUsage,
+) -> Result<Vec<Extension>, PkiError> {
+    let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(build_error("CA"))?;
+    Ok(vec![
+        extension(
+            true,
+            &BasicConstraints {
+                ca: true,
+                path_len_constraint: Some(0),
+            },
+            subject,
+        )?,
+        extension(true, &usage, subject)?,
+        extension(false, &ski, subject)?,
+    ])
+}
+
 pub(crate) fn extension<T>(critical: bool, value: &T, subject: &Name) -> Result<Extension, PkiError>
 where
     T: const_oid::AssociatedOid + der::Encode,
