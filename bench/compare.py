@@ -43,7 +43,7 @@ LOAD = REPO / "target" / "release" / "examples" / "load"
 RESULTS_MD = REPO / "bench" / "results.md"
 CHUNK = 256 * 1024
 MIB = 1 << 20
-NAMES = ["records", "tcp", "secured", "tls12-openssl", "tls12-python", "tls13", "ssh", "handshakes", "sessions"]
+NAMES = ["records", "tcp", "secured", "fetch", "tls12-openssl", "tls12-python", "tls13", "ssh", "handshakes", "sessions"]
 TLS12_CIPHER = "AES256-SHA256"
 TLS13_CIPHER = "TLS_AES_256_GCM_SHA384"
 SSH_CIPHER = "aes256-cbc"
@@ -373,6 +373,10 @@ def make_pki(env):
     r = run([SECURED, "pki", "init", "--certs-dir", env.certs, "--keys-dir", env.keys], 120)
     if r.returncode:
         raise BenchError(f"secured pki init failed: {r.stderr.decode()}")
+    r = run([SECURED, "pki", "issue", "--role", "device", "--name", "device-2", "--certs-dir", env.certs,
+             "--keys-dir", env.keys], 120)
+    if r.returncode:
+        raise BenchError(f"secured pki issue failed: {r.stderr.decode()}")
 
 
 def make_tls_cert(env):
@@ -589,6 +593,45 @@ def m_secured(env):
     return {"mbps": env.size / elapsed / 1e6, "rss": hwm, "rss_device": device}
 
 
+def device_cmd(env, server, name):
+    return [SECURED, "device", "--server", server.addr, "--server-name", "localhost", "--cert",
+            env.certs / f"{name}.pem", "--key", env.keys / f"{name}.key", "--ca", env.certs / "ca.pem"]
+
+
+def m_secured_fetch(env):
+    """device-1 sends the file shared with device-2, then device-2 fetches it
+    (verified): both through the CLI, in the same run."""
+    server = SecuredServer(env, "fetch")
+    out = Path(tempfile.mkdtemp(prefix="fetch-", dir=env.shm))
+    try:
+        t0 = time.perf_counter()
+        r = run(device_cmd(env, server, "device-1") + ["send-file", "--kind", "video", "--share", "device-2",
+                                                      "--store-as", "clip.mp4", "--json", env.file], env.timeout)
+        send_secs = time.perf_counter() - t0
+        if r.returncode:
+            raise BenchError(f"secured device send-file failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
+        rss_file = env.tmp / "fetch.rss"
+        cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file] + device_cmd(env, server, "device-2") + [
+            "fetch", "clip.mp4", "--from", "device-1", "-o", out / "clip.mp4", "--json"]
+        t0 = time.perf_counter()
+        r = run(cmd, env.timeout)
+        elapsed = time.perf_counter() - t0
+        if r.returncode:
+            raise BenchError(f"secured device fetch failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
+        report = json.loads(r.stdout)
+        if report.get("verified") is not True or report["sha256"] != env.sha256 or report["size"] != env.size:
+            raise BenchError(f"secured did not verify the download: {report}")
+        if (out / "clip.mp4").stat().st_size != env.size:
+            raise BenchError("the downloaded file has the wrong size")
+        hwm = server.stop()
+    finally:
+        server.stop()
+        shutil.rmtree(out, ignore_errors=True)
+    device = int(rss_file.read_text().split()[-1])
+    return {"mbps": env.size / elapsed / 1e6, "send_mbps": env.size / send_secs / 1e6, "rss": hwm,
+            "rss_device": device}
+
+
 def m_tls12_openssl(env):
     port = free_port()
     server = s_server(env, port, ["-quiet", "-naccept", "1"])
@@ -744,6 +787,7 @@ MEASUREMENTS = [
     ("records", "records", "record layer, one core, 64 KiB records, no I/O", m_records),
     ("tcp", "tcp", "raw TCP ceiling (iperf3)", m_tcp),
     ("secured", "secured", "**secured** send-file, CLI end to end (aws-lc)", m_secured),
+    ("fetch", "fetch", "**secured** fetch, CLI end to end, verified (aws-lc)", m_secured_fetch),
     ("tls12-openssl", "tls12-openssl", "OpenSSL TLS 1.2 AES256-SHA256, s_client → s_server", m_tls12_openssl),
     ("tls12-python", "tls12-python", "OpenSSL TLS 1.2 AES256-SHA256, Python ssl both ends", m_tls12_python),
     ("tls13", "tls13", "OpenSSL TLS 1.3 AES-256-GCM, Python ssl both ends", m_tls13),
@@ -852,6 +896,15 @@ def build_report(env, results):
             f"- handshakes/s ≥ 0.5× `openssl s_time -new`: **{'PASS' if ratio >= 0.5 else 'MISS'}**, {ratio:.2f}× "
             f"(secured aws-lc {statistics.median(r['hs'] for r in results['hs-aws']):,.0f}/s, s_time "
             f"{statistics.median(r['hs'] for r in results['hs-openssl']):,.0f}/s; secured authenticates both sides)")
+    if results.get("fetch"):
+        runs = results["fetch"]
+        ratio = statistics.median(r["mbps"] / r["send_mbps"] for r in runs)
+        checks.append(
+            f"- fetch of the file within 10 % of send-file of it in the same run: "
+            f"**{'PASS' if ratio >= 0.9 else 'MISS'}**, {ratio:.2f}× (fetch "
+            f"{statistics.median(r['mbps'] for r in runs):,.0f} MB/s, send "
+            f"{statistics.median(r['send_mbps'] for r in runs):,.0f} MB/s; device peak "
+            f"{mib(max(r['rss_device'] for r in runs))}){size_note}")
     if results.get("secured"):
         srv = max(r["rss"] for r in results["secured"])
         dev = max(r["rss_device"] for r in results["secured"])
@@ -1001,9 +1054,9 @@ def main(argv):
     selected = [m for m in MEASUREMENTS if m[1] in only]
     results = {}
     try:
-        if only & {"tcp", "secured", "tls12-openssl", "tls12-python", "tls13", "ssh"}:
+        if only & {"tcp", "secured", "fetch", "tls12-openssl", "tls12-python", "tls13", "ssh"}:
             make_file(env)
-        if only & {"secured", "handshakes", "sessions"}:
+        if only & {"secured", "fetch", "handshakes", "sessions"}:
             make_pki(env)
         if only & {"tls12-openssl", "tls12-python", "tls13", "handshakes"}:
             make_tls_cert(env)

@@ -11,6 +11,7 @@ server_pid=
 
 make_pki() {
   "$bin" pki init --certs-dir "$work/certs" --keys-dir "$work/keys" --ca-bits 2048 >/dev/null
+  "$bin" pki issue --role device --name device-2 --certs-dir "$work/certs" --keys-dir "$work/keys" >/dev/null
 }
 
 # start_server LOG [GLOBAL...] [-- SERVE...]: starts the server in the

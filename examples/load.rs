@@ -22,6 +22,13 @@
 //!   pausing `--pause` seconds between the server's `HELO` and its `PREM`,
 //!   and prints `paused attempted=N completed=K` once all have finished.
 //!
+//! * `notices` connects `--watchers` sessions of `--watcher` (default
+//!   `device-2`) that watch for new files, then the device uploads
+//!   `--files` small files shared with everyone, one every 100 ms; each
+//!   watcher notes, for every notice, the time from the server's commit
+//!   (the file's `stored_at`) to its arrival. It prints `notices watchers=N
+//!   files=M delivered=D expected=E median_ms=… p99_ms=… max_ms=…`.
+//!
 //! Failures are counted, the first three are printed to standard error, and
 //! the exit status stays 0: the caller reads the counts. Every loop is
 //! bounded by a count or a deadline. Point `--server` at a loopback address
@@ -102,6 +109,20 @@ enum Command {
         #[arg(long, default_value_t = 512)]
         hold: usize,
     },
+    /// Latency of notices from commit to watcher.
+    Notices {
+        #[command(flatten)]
+        conn: Conn,
+        /// Watching sessions.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Files uploaded (one every 100 ms).
+        #[arg(long, default_value_t = 20)]
+        files: usize,
+        /// The device the watchers are.
+        #[arg(long, default_value = "device-2", value_name = "NAME")]
+        watcher: String,
+    },
     /// Devices that pause between the server's HELO and their PREM.
     Paused {
         #[command(flatten)]
@@ -159,6 +180,7 @@ impl Conn {
             anchor: Arc::new(anchor),
             server_name: ServerName::Dns("localhost".into()),
             provider,
+            versions: secured::message::SUPPORTED_VERSIONS,
         })
     }
 }
@@ -213,6 +235,12 @@ fn main() -> ExitCode {
                 every,
                 seconds,
             } => paused(&conn, pause, every, seconds).await,
+            Command::Notices {
+                conn,
+                watchers,
+                files,
+                watcher,
+            } => notices(&conn, watchers, files, &watcher).await,
         }
     });
     // Do not wait for the stdin reader thread, if it is still blocked.
@@ -477,5 +505,124 @@ async fn paused(conn: &Conn, pause: f64, every: f64, seconds: f64) -> Result<(),
         }
     }
     println!("paused attempted={attempted} completed={completed}");
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The value below which `p` of `sorted` lies.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+async fn notices(conn: &Conn, watchers: usize, files: usize, watcher: &str) -> Result<(), String> {
+    if !(1..=10_000).contains(&watchers) || !(1..=10_000).contains(&files) {
+        return Err("--watchers and --files must be in 1..=10000".into());
+    }
+    let uploader = conn.device_config()?;
+    let watcher_config = Conn {
+        server: conn.server.clone(),
+        crypto: conn.crypto.clone(),
+        certs_dir: conn.certs_dir.clone(),
+        keys_dir: conn.keys_dir.clone(),
+        device: watcher.to_owned(),
+    }
+    .device_config()?;
+    let failures = Arc::new(Failures::default());
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(watchers);
+    let mut tasks = Vec::with_capacity(watchers);
+    for _ in 0..watchers {
+        let config = watcher_config.clone();
+        let addr = conn.server.clone();
+        let ready = ready_tx.clone();
+        let failures = failures.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(files);
+            let mut client =
+                match DeviceClient::connect(&addr, config, ClientSettings::default()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures.record("a watcher's connection", &e);
+                        let _ = ready.send(()).await;
+                        return latencies;
+                    }
+                };
+            if let Err(e) = client.watch(secured::message::WatchFrom::Now).await {
+                failures.record("a watch", &e);
+                let _ = ready.send(()).await;
+                return latencies;
+            }
+            let _ = ready.send(()).await;
+            while latencies.len() < files {
+                // Bounded: a notice missing for 10 s ends this watcher.
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.next_notice(Duration::from_secs(30)),
+                )
+                .await
+                {
+                    Ok(Ok(note)) => latencies.push(now_ms().saturating_sub(note.info.stored_at)),
+                    Ok(Err(e)) => {
+                        failures.record("a watcher", &e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let _ = client.close().await;
+            latencies
+        }));
+    }
+    drop(ready_tx);
+    // Every watcher is watching (or has failed) before the first upload.
+    for _ in 0..watchers {
+        if ready_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut client = DeviceClient::connect(&conn.server, uploader, ClientSettings::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    for i in 0..files {
+        let path = dir.path().join(format!("n{i}.bin"));
+        std::fs::write(&path, format!("notice {i}")).map_err(|e| e.to_string())?;
+        let file = secured::client::OutgoingFile {
+            size: std::fs::metadata(&path).map_err(|e| e.to_string())?.len(),
+            path,
+            name: format!("n{i}.bin"),
+            kind: secured::message::MediaKind::File,
+            content_type: "application/octet-stream".into(),
+            scope: secured::message::Scope::Everyone,
+        };
+        if let Err(e) = client.send_file(&file, |_| {}).await {
+            failures.record("an upload", &e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = client.close().await;
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.map_err(|e| e.to_string())?);
+    }
+    all.sort_unstable();
+    println!(
+        "notices watchers={watchers} files={files} delivered={} expected={} median_ms={} p99_ms={} max_ms={} failed={}",
+        all.len(),
+        watchers * files,
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all.last().copied().unwrap_or(0),
+        failures.get()
+    );
     Ok(())
 }

@@ -127,6 +127,10 @@ pub struct ServerSection {
     pub max_uploads_per_device: Option<usize>,
     /// Free space the data folder's file system keeps (default 1 GiB).
     pub min_free_space: Option<bytesize::ByteSize>,
+    /// Files the server publishes, visible to every device.
+    pub publish: Option<Vec<PathBuf>>,
+    /// Days notices are kept for watchers that reconnect (default 7).
+    pub notice_retention_days: Option<u64>,
 }
 
 /// `[device]`.
@@ -145,6 +149,12 @@ pub struct DeviceSection {
     pub key: Option<PathBuf>,
     /// CA certificate that issues the server certificate.
     pub ca: Option<PathBuf>,
+    /// Who may see files sent without `--share`: `private` (the default),
+    /// `everyone`, or device names separated by commas.
+    pub share: Option<String>,
+    /// Where `device watch` keeps the id of the last notice it handled
+    /// (default: `.secured-watch-NAME` in the current folder).
+    pub watch_state: Option<PathBuf>,
 }
 
 /// `[pki]`.
@@ -212,6 +222,12 @@ impl FileConfig {
         fix(&mut self.device.cert);
         fix(&mut self.device.key);
         fix(&mut self.device.ca);
+        fix(&mut self.device.watch_state);
+        for path in self.server.publish.iter_mut().flatten() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         fix(&mut self.pki.certs_dir);
         fix(&mut self.pki.keys_dir);
     }

@@ -45,6 +45,33 @@ impl FrameKind {
     pub const ENDD: Self = Self(*b"ENDD");
     /// Alert: an error code before closing.
     pub const ALRT: Self = Self(*b"ALRT");
+    /// Listing request (version 2).
+    pub const LIST: Self = Self(*b"LIST");
+    /// One file of a listing (version 2).
+    pub const ENTR: Self = Self(*b"ENTR");
+    /// Download request (version 2).
+    pub const FTCH: Self = Self(*b"FTCH");
+    /// A downloaded file: head, then content (version 2).
+    pub const FILE: Self = Self(*b"FILE");
+    /// Subscription to notices (version 2).
+    pub const WTCH: Self = Self(*b"WTCH");
+    /// A notice of a new file (version 2).
+    pub const NOTE: Self = Self(*b"NOTE");
+    /// Heartbeat (version 2).
+    pub const PING: Self = Self(*b"PING");
+    /// Heartbeat answer (version 2).
+    pub const PONG: Self = Self(*b"PONG");
+    /// The frame types version 2 adds.
+    pub const VERSION_2: [Self; 8] = [
+        Self::LIST,
+        Self::ENTR,
+        Self::FTCH,
+        Self::FILE,
+        Self::WTCH,
+        Self::NOTE,
+        Self::PING,
+        Self::PONG,
+    ];
     /// Every frame type of protocol version 1.
     pub const VERSION_1: [Self; 8] = [
         Self::HELO,

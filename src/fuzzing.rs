@@ -37,7 +37,7 @@ use crate::frame::{self, Frame, FrameCodec, FrameError, FrameKind, HEADER_LEN, M
 use crate::handshake::{
     DeviceConfig, DeviceStart, ExpectDeviceHelo, HandshakeError, ServerConfig, cert_alert,
 };
-use crate::message::Message;
+use crate::message::{Message, PROTOCOL_VERSION_2, SUPPORTED_VERSIONS};
 use crate::pki::{CertError, Identity, MAX_CERT_LEN, Role, ServerName, TrustAnchor, verify_peer};
 use crate::record::{MAX_PLAINTEXT_LEN, RecordError, RecordReader, RecordWriter};
 
@@ -134,6 +134,7 @@ fn fixture() -> &'static Fixture {
             ),
             anchor: Arc::new(anchor.clone()),
             provider,
+            versions: crate::message::SUPPORTED_VERSIONS,
         };
         let device_provider = default_provider();
         let device = DeviceConfig {
@@ -146,6 +147,7 @@ fn fixture() -> &'static Fixture {
             ),
             server_name: ServerName::Dns("localhost".into()),
             provider: device_provider,
+            versions: crate::message::SUPPORTED_VERSIONS,
         };
         let record_keys = kdf::derive(
             &PreMaster::from_bytes([0x11; PREMASTER_LEN]),
@@ -354,25 +356,34 @@ pub fn handshake_fini(data: &[u8]) -> bool {
     check_message(FrameKind::FINI, data)
 }
 
-/// Decodes `body` as a message of type `kind`, by reference and owned (the
-/// two must agree). A decoded message of a known type must encode back to
-/// exactly `body`; any decoded message must decode again from its encoding
-/// to itself. Returns whether `body` decoded.
+/// Decodes `body` as a message of type `kind` in a session of each
+/// protocol version, by reference and owned (the two must agree). A decoded
+/// message of a known type must encode back to exactly `body`; any decoded
+/// message must decode again from its encoding to itself. Returns whether
+/// `body` decoded in some version.
 fn check_message(kind: FrameKind, body: &[u8]) -> bool {
-    let decoded = Message::decode(kind, body);
-    let owned = Message::decode_owned(kind, BytesMut::from(body));
-    assert_eq!(owned, decoded, "decode_owned disagrees with decode");
-    let Ok(msg) = decoded else {
-        return false;
-    };
-    assert_eq!(msg.kind(), kind);
-    let encoded = msg.to_body();
-    // An unknown type keeps only its stream id.
-    if !matches!(msg, Message::Unknown { .. }) {
-        assert_eq!(encoded, body, "{msg:?} does not re-encode to its body");
+    let mut any = false;
+    for &version in SUPPORTED_VERSIONS {
+        let decoded = Message::decode_in(version, kind, body);
+        let owned = Message::decode_owned(version, kind, BytesMut::from(body));
+        assert_eq!(owned, decoded, "decode_owned disagrees with decode");
+        let Ok(msg) = decoded else {
+            continue;
+        };
+        any = true;
+        assert_eq!(msg.kind(), kind);
+        let encoded = msg.to_body();
+        // An unknown type keeps only its stream id.
+        if !matches!(msg, Message::Unknown { .. }) {
+            assert_eq!(encoded, body, "{msg:?} does not re-encode to its body");
+        }
+        assert_eq!(
+            Message::decode_in(version, kind, &encoded),
+            Ok(msg),
+            "no round trip"
+        );
     }
-    assert_eq!(Message::decode(kind, &encoded), Ok(msg), "no round trip");
-    true
+    any
 }
 
 /// The record layer under fixed keys:
@@ -395,7 +406,7 @@ pub fn record_open(data: &[u8]) -> usize {
         if let Ok(plain) = reader.open(frame) {
             assert!(plain.len() <= MAX_PLAINTEXT_LEN, "oversize plaintext");
             opened += 1;
-            let _ = Message::decode_owned(kind, plain);
+            let _ = Message::decode_owned(PROTOCOL_VERSION_2, kind, plain);
         }
     }
 
@@ -598,7 +609,7 @@ pub fn handshake_server(data: &[u8]) -> usize {
         let kind = frame.kind;
         match established.reader.open(frame) {
             Ok(plain) => {
-                let _ = Message::decode_owned(kind, plain);
+                let _ = Message::decode_owned(PROTOCOL_VERSION_2, kind, plain);
             }
             Err(_) => break,
         }

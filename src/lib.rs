@@ -11,6 +11,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod index;
 pub mod logging;
 pub mod media;
 pub mod message;

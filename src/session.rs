@@ -229,6 +229,8 @@ pub struct Session<S> {
     /// Fires when the peer's certificate expires: one timer for the whole
     /// session, not one per record.
     expiry: Pin<Box<Sleep>>,
+    /// The negotiated protocol version: it decides how records decode.
+    version: u16,
     sent_endd: bool,
     received_endd: bool,
     /// A write failed or timed out: the write buffer can no longer be
@@ -453,6 +455,7 @@ where
             limits,
             stop: CancellationToken::new(),
             expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
+            version: est.version,
             sent_endd: false,
             received_endd: false,
             broken: false,
@@ -480,6 +483,12 @@ where
     #[must_use]
     pub fn peer(&self) -> &VerifiedPeer {
         &self.peer
+    }
+
+    /// The negotiated protocol version.
+    #[must_use]
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// The transport underneath (e.g. to set socket options).
@@ -644,11 +653,20 @@ where
         // The type alone decides (proto-spec.md §9.1): handshake messages
         // never come after the handshake, and a device never answers a
         // stream in version 1, since the server opens none.
-        let device_ack = kind == FrameKind::ACK && self.peer.role() == Role::Device;
-        if matches!(kind, FrameKind::HELO | FrameKind::PREM | FrameKind::FINI) || device_ack {
+        // In version 2 the same holds for the server's answers (§13.6).
+        let from_device = self.peer.role() == Role::Device;
+        let server_only = kind == FrameKind::ACK
+            || (self.version >= 2
+                && matches!(
+                    kind,
+                    FrameKind::ENTR | FrameKind::FILE | FrameKind::NOTE | FrameKind::PONG
+                ));
+        if matches!(kind, FrameKind::HELO | FrameKind::PREM | FrameKind::FINI)
+            || (from_device && server_only)
+        {
             return Err(SessionError::Unexpected(kind));
         }
-        match Message::decode_owned(kind, plain)? {
+        match Message::decode_owned(self.version, kind, plain)? {
             Message::Alert(code) => Err(SessionError::PeerAlert(code)),
             Message::Endd => {
                 self.received_endd = true;
@@ -669,12 +687,34 @@ where
     /// receive error, [`SessionError::Unexpected`] for messages instead of
     /// `ENDD` or after it, or [`SessionError::Timeout`].
     pub async fn close(&mut self, timeout: Duration) -> Result<(), SessionError> {
+        self.close_passing(timeout, |_| false).await
+    }
+
+    /// As [`Session::close`], but messages for which `passing` is true may
+    /// arrive before the peer's `ENDD` (in version 2, what the server sends
+    /// on a watch until it sees the device's `ENDD`) and are dropped.
+    ///
+    /// # Errors
+    /// As [`Session::close`].
+    pub async fn close_passing(
+        &mut self,
+        timeout: Duration,
+        mut passing: impl FnMut(&Message) -> bool,
+    ) -> Result<(), SessionError> {
         if !self.sent_endd {
             self.sent_endd = true;
             self.send(&Message::Endd).await?;
         }
         if !self.received_endd {
-            let reply = match self.recv_within(timeout).await {
+            let deadline = Instant::now() + timeout;
+            let reply = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.recv_within(left).await {
+                    Ok(m) if m != Message::Endd && passing(&m) => {}
+                    other => break other,
+                }
+            };
+            let reply = match reply {
                 Ok(Message::Endd) => Ok(()),
                 Ok(other) => Err(SessionError::Unexpected(other.kind())),
                 Err(SessionError::Timeout { after, .. }) => Err(SessionError::Timeout {

@@ -153,6 +153,7 @@ impl TestPki {
                 TrustAnchor::from_der(self.ca.cert_der(), provider).expect("test anchor loads"),
             ),
             provider,
+            versions: crate::message::SUPPORTED_VERSIONS,
         }
     }
 
@@ -172,6 +173,7 @@ impl TestPki {
             ),
             server_name: ServerName::Dns("localhost".into()),
             provider,
+            versions: crate::message::SUPPORTED_VERSIONS,
         }
     }
 
@@ -183,6 +185,27 @@ impl TestPki {
             anchor: self.anchor(),
             server_name: ServerName::Dns("localhost".into()),
             provider: self.provider(),
+            versions: crate::message::SUPPORTED_VERSIONS,
+        }
+    }
+
+    /// Device configuration for a device called `name` (a certificate for
+    /// `device-1`'s key: no key generation), offering `versions`.
+    ///
+    /// # Panics
+    /// If issuing fails or `name` is not a device name.
+    #[must_use]
+    pub fn device_named(&self, name: &str, versions: &'static [u16]) -> DeviceConfig {
+        let leaf = self.reissue(
+            &self.device,
+            Role::Device,
+            name,
+            &[],
+            Validity::days_from_now(30),
+        );
+        DeviceConfig {
+            versions,
+            ..self.device_config_as(leaf.identity())
         }
     }
 

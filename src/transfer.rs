@@ -15,10 +15,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::crypto::hash::{ContentHasher, HASH_LEN, sha256};
-use crate::message::{IMGX_DATA_HEADER_LEN, Imgx, MAX_CHUNK_LEN, MediaKind, StreamId};
+use crate::message::{
+    IMGX_DATA_HEADER_LEN, Imgx, ImgxOpen, MAX_CHUNK_LEN, MediaKind, Sharing, StreamId,
+};
 
 /// Context string at the start of the signed file digest (proto-spec.md §8.3.3).
 pub const FILE_DIGEST_CONTEXT: &[u8] = b"secured/1 file\0";
+/// Context string of the version 2 file digest (proto-spec.md §13.3).
+pub const FILE_DIGEST_CONTEXT_V2: &[u8] = b"secured/2 file\0";
 /// Chunks read ahead of the session by the device's reader thread: two
 /// lockstep groups, so the session finds a full group ready.
 const READ_AHEAD: usize = 2 * crate::crypto::cipher::LANES;
@@ -44,6 +48,57 @@ pub fn file_digest(
         content_type.as_bytes(),
         content_hash,
     ])
+}
+
+/// The version 2 digest (proto-spec.md §13.3): the version 1 fields, the
+/// signing time and the scope.
+#[must_use]
+pub fn file_digest_v2(
+    kind: MediaKind,
+    size: u64,
+    name: &str,
+    content_type: &str,
+    sharing: &Sharing,
+    content_hash: &[u8; HASH_LEN],
+) -> [u8; HASH_LEN] {
+    let len16 = |s: &str| u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes();
+    let mut scope = Vec::new();
+    sharing.scope.encode(&mut scope);
+    sha256(&[
+        FILE_DIGEST_CONTEXT_V2,
+        &[kind.to_u8()],
+        &size.to_be_bytes(),
+        &len16(name),
+        name.as_bytes(),
+        &len16(content_type),
+        content_type.as_bytes(),
+        &sharing.signed_at.to_be_bytes(),
+        &scope,
+        content_hash,
+    ])
+}
+
+/// The digest an `OPEN` and its content are signed over: version 2 when the
+/// `OPEN` carries sharing, version 1 otherwise.
+#[must_use]
+pub fn open_digest(open: &ImgxOpen, size: u64, content_hash: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
+    match &open.sharing {
+        Some(sharing) => file_digest_v2(
+            open.kind,
+            size,
+            &open.name,
+            &open.content_type,
+            sharing,
+            content_hash,
+        ),
+        None => file_digest(
+            open.kind,
+            size,
+            &open.name,
+            &open.content_type,
+            content_hash,
+        ),
+    }
 }
 
 /// The result of reading a file to the end.

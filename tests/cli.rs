@@ -12,7 +12,7 @@ use common::binary::{
 };
 use common::files::write_varied;
 use common::proxy::{Dir, Tamper, start_proxy_thread};
-use common::store::{incoming_is_empty, stored_files, transfer_in_flight};
+use common::store::{incoming_is_empty, stored_content, stored_files, transfer_in_flight};
 use common::wait::eventually_blocking;
 
 #[test]
@@ -617,16 +617,19 @@ fn demo_runs_end_to_end() {
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     for step in [
-        "[1/5] PKI",
-        "[2/5] server listening on 127.0.0.1:",
-        "[3/5] handshake",
-        "[4/5] sent",
-        "[5/5] sending",
+        "[1/6] PKI",
+        "[2/6] server listening on 127.0.0.1:",
+        "device-2 connected and watches",
+        "[3/6] handshake",
+        "[4/6] sent",
+        "[5/6] sending",
         "sunrise.png: ",
         "holiday.mp4: 3.00 MiB (3,145,728 bytes), video/mp4 (video)",
         "minutes.pdf: ",
         "application/pdf (file)",
         "ENDD",
+        "[6/6] device-2 was notified of holiday.mp4 from device-1",
+        "signature of device-1 verified",
     ] {
         assert!(stdout.contains(step), "missing {step}: {stdout}");
     }
@@ -651,7 +654,7 @@ fn send_file_reports_and_stores_through_the_binaries() {
     assert_eq!(files[0]["stored_as"], "shot.png");
     assert_eq!(files[1]["stored_as"], "shot (1).png");
     assert_eq!(files[0]["sha256"], files[0]["server_sha256"]);
-    let stored = std::fs::read(dir.path().join("data/device-1/shot.png")).unwrap();
+    let stored = stored_content(&dir.path().join("data"), "device-1", "shot.png").unwrap();
     assert_eq!(stored, content);
     let line = server.wait_for(&["file stored", "shot (1).png"]);
     assert!(line.contains("\"device\":\"device-1\""), "{line}");
@@ -769,7 +772,7 @@ fn files_after_a_dead_session_are_listed_as_not_sent() {
     assert!(sent > 0 && sent < 4 << 20, "{first}");
     assert_eq!(second["status"], "not_sent", "{second}");
     assert_eq!(second["code"], "connection_error", "{second}");
-    assert!(!dir.path().join("data/device-1/first.bin").exists());
+    assert!(stored_content(&dir.path().join("data"), "device-1", "first.bin").is_none());
 }
 
 #[test]
@@ -879,7 +882,7 @@ fn send_file_sends_any_file() {
         assert_eq!(entry["verified"], true, "{entry}");
     }
     for (name, content) in &files[..3] {
-        let stored = std::fs::read(dir.path().join("data/device-1").join(name)).unwrap();
+        let stored = stored_content(&dir.path().join("data"), "device-1", name).unwrap();
         assert_eq!(&stored[..], *content, "{name}");
     }
     // `--kind file` on an image: sent as a file, its content type kept.
@@ -911,8 +914,9 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
         ],
     );
     assert_success(&out);
+    let data = dir.path().join("data");
     assert_eq!(
-        std::fs::read(dir.path().join("data/device-2/a.bin")).unwrap(),
+        stored_content(&data, "device-2", "a.bin").unwrap(),
         b"first"
     );
     // After the subcommand too, `--name` selects the device.
@@ -932,11 +936,11 @@ fn name_selects_the_device_and_store_as_the_stored_name() {
     );
     assert_success(&out);
     assert_eq!(
-        std::fs::read(dir.path().join("data/device-2/y.bin")).unwrap(),
+        stored_content(&data, "device-2", "y.bin").unwrap(),
         b"second"
     );
-    assert!(!dir.path().join("data/device-2/x").exists());
-    assert!(!dir.path().join("data/device-1").join("y.bin").exists());
+    assert!(stored_content(&data, "device-2", "x").is_none());
+    assert!(stored_files(&data, "device-1").is_empty());
 }
 
 #[test]
@@ -957,7 +961,7 @@ fn send_file_with_a_key_that_does_not_match_stores_nothing() {
         ],
     );
     assert_one_sentence_error(&out, &["keys/server.key", "does not match"]);
-    assert!(!dir.path().join("data/device-1/a.png").exists());
+    assert!(stored_files(&dir.path().join("data"), "device-1").is_empty());
 }
 
 /// Sends a signal with the system's `kill` (this crate forbids unsafe code).
@@ -993,7 +997,7 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
             .unwrap();
         let data = dir.path().join("data");
         assert!(
-            eventually_blocking(|| transfer_in_flight(&data, "device-1")),
+            eventually_blocking(|| transfer_in_flight(&data)),
             "the transfer never started"
         );
         signal(&server.child, "-TERM");
@@ -1004,32 +1008,26 @@ fn sigterm_during_a_transfer_leaves_the_file_complete_or_absent() {
             "grace {grace}: serve exited with {status}"
         );
 
-        let stored = dir.path().join("data/device-1/movie.mp4");
+        let stored = stored_content(&data, "device-1", "movie.mp4");
         assert_eq!(
             out.status.success(),
-            stored.exists(),
+            stored.is_some(),
             "grace {grace}: {}",
             stderr(&out)
         );
         // With a grace period the file completes; without one it is almost
         // always dropped, but a transfer that won the race is fine too.
         if expect_stored {
-            assert!(stored.exists(), "grace {grace}: {}", stderr(&out));
+            assert!(stored.is_some(), "grace {grace}: {}", stderr(&out));
         }
-        if stored.exists() {
-            assert!(
-                std::fs::read(&stored).unwrap() == content,
-                "stored bytes differ"
-            );
+        if let Some(stored) = stored {
+            assert!(stored == content, "stored bytes differ");
             let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(report["files"][0]["verified"], true);
         } else {
             assert_one_sentence_error(&out, &["unavailable"]);
         }
-        assert!(
-            incoming_is_empty(&data, "device-1"),
-            "a partial file was left behind"
-        );
+        assert!(incoming_is_empty(&data), "a partial file was left behind");
     }
 }
 
@@ -1049,7 +1047,7 @@ fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
         .spawn()
         .unwrap();
     assert!(
-        eventually_blocking(|| transfer_in_flight(&data, "device-1")),
+        eventually_blocking(|| transfer_in_flight(&data)),
         "the transfer never started"
     );
     signal(&server.child, "-KILL");
@@ -1062,18 +1060,18 @@ fn a_killed_server_restarts_clean_and_the_upload_can_be_retried() {
         "a partial file is visible"
     );
     assert!(
-        transfer_in_flight(&data, "device-1"),
+        transfer_in_flight(&data),
         "the crash should have left a temporary file to clean"
     );
 
     let server = ServerProcess::start(dir.path());
     server.wait_for(&["removed what interrupted transfers left behind"]);
-    assert!(incoming_is_empty(&data, "device-1"));
+    assert!(incoming_is_empty(&data));
     let out = secured(
         dir.path(),
         &["device", "send-file", "--server", &server.addr, "movie.mp4"],
     );
     assert_success(&out);
     assert_eq!(stored_files(&data, "device-1"), ["movie.mp4"]);
-    assert!(std::fs::read(data.join("device-1/movie.mp4")).unwrap() == content);
+    assert!(stored_content(&data, "device-1", "movie.mp4").unwrap() == content);
 }

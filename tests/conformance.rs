@@ -718,7 +718,7 @@ async fn version_server() {
     let server = start_server().await;
     let v2 = helo(
         HeloRole::Device,
-        vec![2, 3],
+        vec![3, 4],
         &pki().device.cert_der,
         Vec::new(),
     );

@@ -85,7 +85,7 @@ async fn a_file_in_flight_finishes_within_the_grace_period() {
     let data = server.data();
     assert_eq!(stored_content(data, "device-1", "late.png"), Some(content));
     assert_eq!(stored_files(data, "device-1"), ["late.png"]);
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
     // The server stops once the file is stored.
     server.stopped_within(Duration::from_secs(5)).await;
 }
@@ -121,7 +121,7 @@ async fn after_the_grace_period_a_file_in_flight_is_dropped_whole() {
     server.stopped_within(Duration::from_secs(5)).await;
     let data = server.data();
     assert!(stored_files(data, "device-1").is_empty());
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
 }
 
 #[tokio::test]

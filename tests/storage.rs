@@ -1,9 +1,9 @@
-//! The server's storage end to end (proto-spec.md §8.3.2, §8.3.4): quotas,
-//! uploads in flight, the free-space reserve, collision names, file names,
-//! the data folder at start-up, and every storage failure path, each with a
-//! real server on 127.0.0.1 (in this process, or the built binary). The
-//! in-process servers run on a data folder the test chooses, so that a
-//! server can be restarted on it.
+//! The server's storage end to end (proto-spec.md §8.3.2, §8.3.4, §13.9):
+//! quotas, uploads in flight, the free-space reserve, collision names, file
+//! names, the data folder at start-up (and the import of its old layout),
+//! and every storage failure path, each with a real server on 127.0.0.1 (in
+//! this process, or the built binary). The in-process servers run on a data
+//! folder the test chooses, so that a server can be restarted on it.
 
 mod common;
 
@@ -17,7 +17,10 @@ use common::device::{RawDevice, detail, open};
 use common::files::{outgoing, source_file, write_varied};
 use common::server::ending_of;
 use common::start_server_in;
-use common::store::{entries, incoming_is_empty, stored_files, temporary_files};
+use common::store::{
+    blob_count, incoming_dir, incoming_is_empty, old_layout_file, stored_content, stored_files,
+    temporary_files,
+};
 use secured::client::{ClientError, ClientSettings, DeviceClient};
 use secured::message::{Ack, AckStatus, AlertCode, MAX_CHUNK_LEN, MediaKind};
 use secured::service::Ending;
@@ -46,7 +49,7 @@ async fn a_device_over_its_byte_quota_is_refused_at_open_and_others_still_upload
         "the device has 600 B of its 1000 B quota in use; this file needs 600 B",
     );
     // Refused before anything was written: no temporary file, nothing new.
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
     assert_eq!(stored_files(data, "device-1"), ["a.png"]);
     // The session goes on, and what still fits is accepted.
     d1.text("still here").await;
@@ -130,12 +133,12 @@ async fn uploads_in_flight_are_capped_per_device_over_all_its_sessions() {
         ending_of(&mut events, cut_session, Duration::from_secs(5)).await,
         Some((Some("device-1".to_owned()), Ending::Truncated))
     );
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
     assert_eq!(a.store("c.png", b"c").await, "c.png");
     a.close().await;
     other.close().await;
     assert_eq!(stored_files(data, "device-1"), ["c.png"]);
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
     server.stop().await;
 }
 
@@ -157,8 +160,10 @@ async fn an_upload_that_would_go_below_the_free_space_reserve_is_refused() {
     );
     d.text("the session goes on").await;
     d.close().await;
-    // Nothing was written: the device does not even have a folder.
-    assert!(!data.join("device-1").exists());
+    // Nothing was written: no temporary file, no content, no record.
+    assert!(incoming_is_empty(data));
+    assert_eq!(blob_count(data), 0);
+    assert!(stored_files(data, "device-1").is_empty());
     server.stop().await;
 }
 
@@ -180,10 +185,7 @@ async fn uploads_of_one_name_get_the_next_suffixes_in_order() {
             format!("a ({i}).jpg")
         };
         assert_eq!(name, want);
-        assert_eq!(
-            std::fs::read(data.join("device-1").join(&name)).unwrap(),
-            [i]
-        );
+        assert_eq!(stored_content(data, "device-1", &name).unwrap(), [i]);
         expected.push(want);
     }
     assert_eq!(d.store("archive.tar.gz", b"1").await, "archive.tar.gz");
@@ -197,7 +199,7 @@ async fn uploads_of_one_name_get_the_next_suffixes_in_order() {
     let second = d.store(&long, b"2").await;
     assert_eq!(second, format!("{} (1).jpg", "é".repeat(96)));
     assert!(second.len() <= 200);
-    assert!(data.join("device-1").join(&second).is_file());
+    assert_eq!(stored_content(data, "device-1", &second).unwrap(), b"2");
     d.close().await;
     expected.sort();
     let all = stored_files(data, "device-1");
@@ -214,26 +216,31 @@ async fn uploads_of_one_name_get_the_next_suffixes_in_order() {
 async fn when_the_suffixes_run_out_the_file_is_refused_and_nothing_is_published() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    let folder = data.join("device-1");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::write(folder.join("full.jpg"), b"").unwrap();
+    // Every name taken, in the old layout, which the server imports.
+    old_layout_file(data, "device-1", "full.jpg", b"");
     for n in 1..=MAX_SUFFIX {
-        std::fs::write(folder.join(format!("full ({n}).jpg")), b"").unwrap();
+        old_layout_file(data, "device-1", &format!("full ({n}).jpg"), b"");
     }
-    let before = entries(&folder);
     let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
+    // Served once the data folder is open.
     let mut d = RawDevice::device1(server.addr).await;
+    let files = usize::try_from(MAX_SUFFIX).unwrap() + 1;
+    assert_eq!(stored_files(data, "device-1").len(), files);
+    assert_eq!(blob_count(data), files);
     let ack = d.upload("full.jpg", b"one too many").await;
     assert_refused(
         &ack,
         AckStatus::StorageError,
         "no free name: full.jpg, full (1).jpg to full (9999).jpg are all taken; send it under another name",
     );
-    // The answer comes once the temporary file is gone.
-    assert!(incoming_is_empty(data, "device-1"));
-    assert_eq!(entries(&folder.join(".meta")), 0, "a record was published");
-    // .incoming and .meta are the only new entries.
-    assert_eq!(entries(&folder), before + 2);
+    // The answer comes once the temporary file and the content are gone.
+    assert!(incoming_is_empty(data));
+    assert_eq!(
+        stored_files(data, "device-1").len(),
+        files,
+        "a record was committed"
+    );
+    assert_eq!(blob_count(data), files, "the content was left behind");
     // The session goes on, and the reservation was given back.
     assert_eq!(d.store("other.jpg", b"fine").await, "other.jpg");
     d.close().await;
@@ -283,7 +290,7 @@ async fn names_with_invisible_formatting_characters_are_refused_on_both_sides() 
 async fn start_up_copes_with_folders_and_links_in_incoming() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let incoming = data.join("device-1/.incoming");
+    let incoming = incoming_dir(&data);
     std::fs::create_dir_all(incoming.join("stray/inner")).unwrap();
     std::fs::write(incoming.join("stray/inner/x"), b"x").unwrap();
     let outside = dir.path().join("outside");
@@ -294,9 +301,76 @@ async fn start_up_copes_with_folders_and_links_in_incoming() {
     let mut d = RawDevice::device1(server.addr).await;
     assert_eq!(d.store("a.png", b"a").await, "a.png");
     d.close().await;
-    assert!(incoming_is_empty(&data, "device-1"));
+    assert!(incoming_is_empty(&data));
     assert_eq!(std::fs::read(&outside).unwrap(), b"not ours");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_folder_of_the_old_layout_is_imported_and_its_names_stay_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    old_layout_file(data, "device-1", "a.jpg", b"first");
+    old_layout_file(data, "device-1", "a (1).jpg", b"second");
+    old_layout_file(data, "device-2", "b.png", b"other device");
+    let partial = data.join("device-1/.incoming/x.part");
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(&partial, b"half").unwrap();
+    let server = start_server_in(data, |s| s.storage.quota_files_per_device = 3).await;
+    // Served once the data folder is open.
+    let mut d = RawDevice::device1(server.addr).await;
+    // The old folders are gone; their files are in the index.
+    assert!(!data.join("device-1").exists());
+    assert!(!data.join("device-2").exists());
+    assert_eq!(stored_files(data, "device-1"), ["a (1).jpg", "a.jpg"]);
+    assert_eq!(
+        stored_content(data, "device-1", "a (1).jpg").unwrap(),
+        b"second"
+    );
+    assert_eq!(
+        stored_content(data, "device-2", "b.png").unwrap(),
+        b"other device"
+    );
+    assert_eq!(d.store("a.jpg", b"third").await, "a (2).jpg");
+    // Imported files count against the quota.
+    let (_, ack) = d.open("c.jpg", 1).await;
+    assert_refused(
+        &ack,
+        AckStatus::QuotaExceeded,
+        "the device has 3 of its 3 files in use",
+    );
+    d.close().await;
+    server.stop().await;
+}
+
+#[test]
+fn the_binary_names_what_it_cannot_import_and_does_not_start() {
+    let dir = workdir();
+    let data = dir.path().join("data");
+    old_layout_file(&data, "device-1", "a.jpg", b"kept");
+    std::fs::write(data.join("device-1/stray.txt"), b"not a stored file").unwrap();
+    let out = secured(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Each path is logged, then the first is the error.
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot import from the old data-folder layout path=data/device-1/stray.txt"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().last(),
+        Some(
+            "error: cannot import data/device-1/stray.txt from the old layout of the data folder: \
+             it has no record in .meta (a stored file of the old layout has one); \
+             move it out of the data folder and start again"
+        )
+    );
+    // What could be imported was; the stray file is where it was.
+    assert_eq!(stored_files(&data, "device-1"), ["a.jpg"]);
+    assert!(data.join("device-1/stray.txt").exists());
+    std::fs::remove_dir_all(data.join("device-1")).unwrap();
+    let server = ServerProcess::start(dir.path());
+    assert_success(&send_text(dir.path(), &server.addr, &["started"]));
 }
 
 #[tokio::test]
@@ -309,7 +383,7 @@ async fn a_second_server_on_the_same_data_folder_refuses_to_start_and_deletes_no
     assert_eq!(ack.status, AckStatus::Ok);
     d.data(stream, &[7; 50]).await;
     // The temporary file is made before the OPEN is answered.
-    let in_flight = temporary_files(data, "device-1").expect("a temporary folder");
+    let in_flight = temporary_files(data).expect("a temporary folder");
     assert_eq!(in_flight.len(), 1, "{in_flight:?}");
 
     // The second server gives up at once.
@@ -324,7 +398,7 @@ async fn a_second_server_on_the_same_data_folder_refuses_to_start_and_deletes_no
         .expect("an OpenError");
     assert!(matches!(open, OpenError::Locked { .. }), "{open}");
     // The first server's upload is intact and completes.
-    assert_eq!(temporary_files(data, "device-1"), Some(in_flight));
+    assert_eq!(temporary_files(data), Some(in_flight));
     d.data(stream, &[7; 50]).await;
     assert_eq!(
         d.done(stream, "movie.png", &[7; 100]).await.status,
@@ -333,7 +407,7 @@ async fn a_second_server_on_the_same_data_folder_refuses_to_start_and_deletes_no
     d.close().await;
     first.stop().await;
     // Once the first server stopped, the folder is free again.
-    let (_store, _) = Store::open(data, StoreLimits::default()).unwrap();
+    let (_store, _) = Store::open(data, StoreLimits::default()).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------
@@ -344,14 +418,11 @@ async fn an_incoming_folder_that_cannot_be_created_refuses_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     let server = start_server_in(data, |s| s.storage.max_uploads_per_device = 1).await;
-    let folder = data.join("device-1");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::write(
-        folder.join(".incoming"),
-        b"a file where the folder should be",
-    )
-    .unwrap();
+    // Served once the data folder is open.
     let mut d = RawDevice::device1(server.addr).await;
+    let incoming = incoming_dir(data);
+    std::fs::remove_dir(&incoming).unwrap();
+    std::fs::write(&incoming, b"a file where the folder should be").unwrap();
     let (_, ack) = d.open("a.png", 3).await;
     assert_refused(
         &ack,
@@ -359,11 +430,11 @@ async fn an_incoming_folder_that_cannot_be_created_refuses_at_open() {
         "the server cannot store files now",
     );
     assert!(stored_files(data, "device-1").is_empty());
-    assert!(folder.join(".incoming").is_file());
+    assert!(incoming.is_file());
     // The session goes on; once the folder can be created, uploads work
     // (and the refused one holds no upload slot).
     d.text("still here").await;
-    std::fs::remove_file(folder.join(".incoming")).unwrap();
+    std::fs::remove_file(&incoming).unwrap();
     assert_eq!(d.store("a.png", b"abc").await, "a.png");
     d.close().await;
     server.stop().await;
@@ -379,10 +450,11 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
     let (stream, ack) = d.open("a.png", content.len() as u64).await;
     assert_eq!(ack.status, AckStatus::Ok);
     d.data(stream, &content).await;
-    // The metadata folder becomes a file before the signature arrives.
-    let meta = data.join("device-1/.meta");
-    std::fs::remove_dir(&meta).unwrap();
-    std::fs::write(&meta, b"").unwrap();
+    // The blob store becomes a file before the signature arrives.
+    let blobs = data.join("blobs");
+    let moved = data.join("blobs.moved");
+    std::fs::rename(&blobs, &moved).unwrap();
+    std::fs::write(&blobs, b"").unwrap();
     let ack = d.done(stream, "a.png", &content).await;
     assert_refused(
         &ack,
@@ -394,11 +466,13 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
         "published anyway"
     );
     // The answer comes once the temporary file is gone.
-    assert!(incoming_is_empty(data, "device-1"));
+    assert!(incoming_is_empty(data));
     // Repaired, the same session stores the file.
-    std::fs::remove_file(&meta).unwrap();
+    std::fs::remove_file(&blobs).unwrap();
+    std::fs::rename(&moved, &blobs).unwrap();
     assert_eq!(d.store("a.png", &content).await, "a.png");
-    assert_eq!(std::fs::read(data.join("device-1/a.png")).unwrap(), content);
+    assert_eq!(stored_content(data, "device-1", "a.png").unwrap(), content);
+    assert_eq!(blob_count(data), 1);
     d.close().await;
     server.stop().await;
 }
@@ -410,8 +484,7 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
 fn the_binary_refuses_a_data_folder_in_use_or_unusable_in_one_sentence() {
     let dir = workdir();
     let first = ServerProcess::start(dir.path());
-    let partial = dir.path().join("data/device-1/.incoming/in-flight.part");
-    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    let partial = incoming_dir(&dir.path().join("data")).join("in-flight.part");
     std::fs::write(&partial, b"someone else's upload").unwrap();
     let serve = ["serve", "--listen", "127.0.0.1:0"];
     let out = secured(dir.path(), &serve);
@@ -481,8 +554,8 @@ fn a_write_that_fails_mid_file_is_a_storage_error_and_the_server_goes_on() {
     server.wait_for(&["writing a received file failed"]);
     let data = dir.path().join("data");
     assert_eq!(stored_files(&data, "device-1"), ["small.mp4"]);
-    assert!(incoming_is_empty(&data, "device-1"));
-    assert_eq!(entries(&data.join("device-1/.meta")), 1);
+    assert!(incoming_is_empty(&data));
+    assert_eq!(blob_count(&data), 1);
     // The server still serves.
     assert_success(&send_text(dir.path(), &server.addr, &["after"]));
 }

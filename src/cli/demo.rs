@@ -1,5 +1,7 @@
 //! `secured demo`: a throwaway PKI, a server on loopback, a device that
-//! authenticates, sends text and files, and closes; every step printed.
+//! authenticates, sends text and files, and closes, while a second device
+//! watches, is notified of the video and downloads it verified; every step
+//! printed.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use super::device::load_device_config;
 use super::serve::load_server_config;
-use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
+use crate::client::{ClientSettings, Destination, DeviceClient, OutgoingFile};
 use crate::media::detect_file;
-use crate::pki::{self, InitOptions, PkiPaths, ServerName};
+use crate::message::{MediaKind, Scope, WatchFrom};
+use crate::pki::{self, InitOptions, IssueOptions, PkiPaths, Role, ServerName};
 use crate::server::{self, ServerSettings};
 
 const EXAMPLES: &str = "\
 Examples:
-  secured demo                                  # PKI, server, device, text and three files
+  secured demo                                  # PKI, server, two devices, text, three files, a download
   secured demo --video-size 2GiB --keep         # a larger file; keep the folder to look at it";
 
 #[derive(Debug, Args)]
@@ -113,6 +116,13 @@ fn generate_media(dir: &Path, video_size: u64) -> std::io::Result<Vec<OutgoingFi
                 .unwrap_or_default(),
             size: std::fs::metadata(&path)?.len(),
             kind: detected.kind,
+            // The video is shared with the second device; the rest stays
+            // private to device-1.
+            scope: if detected.kind == MediaKind::Video {
+                Scope::Devices(vec!["device-2".into()])
+            } else {
+                Scope::Private
+            },
             content_type: detected.content_type,
             path,
         });
@@ -132,12 +142,22 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let paths = PkiPaths::under(dir.path());
     let init_paths = paths.clone();
     let written = tokio::task::spawn_blocking(move || {
-        pki::init(&init_paths, &InitOptions::default(), super::provider())
+        let mut written = pki::init(&init_paths, &InitOptions::default(), super::provider())?;
+        written.extend(pki::issue_files(
+            &init_paths,
+            Role::Device,
+            "device-2",
+            &[],
+            &IssueOptions::default(),
+            false,
+            super::provider(),
+        )?);
+        Ok::<_, pki::PkiError>(written)
     })
     .await
     .map_err(|e| CliError::Other(format!("key generation stopped: {e}")))??;
     println!(
-        "[1/5] PKI: {} files (CA RSA-3072, server and device-1 RSA-2048) in {} ms",
+        "[1/6] PKI: {} files (CA RSA-3072, server, device-1 and device-2 RSA-2048) in {} ms",
         written.len(),
         started.elapsed().as_millis()
     );
@@ -168,7 +188,35 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         settings,
         shutdown.clone(),
     ));
-    println!("[2/5] server listening on {addr}");
+    println!("[2/6] server listening on {addr}");
+
+    // device-2 watches for new files it may see, and fetches them verified.
+    let watcher_config = load_device_config(
+        &paths.cert_file("device-2"),
+        &paths.key_file("device-2"),
+        &paths.ca_cert(),
+        ServerName::Dns("localhost".into()),
+    )?;
+    let inbox = dir.path().join("device-2-inbox");
+    std::fs::create_dir_all(&inbox).map_err(other("cannot create device-2's inbox"))?;
+    let mut watcher =
+        DeviceClient::connect(&addr.to_string(), watcher_config, ClientSettings::default()).await?;
+    watcher.watch(WatchFrom::Now).await?;
+    let watch_dir = inbox.clone();
+    let watching = tokio::spawn(async move {
+        let note = watcher
+            .next_notice(std::time::Duration::from_secs(30))
+            .await?;
+        let to = Destination {
+            path: watch_dir,
+            is_dir: true,
+            force: false,
+        };
+        let fetched = watcher.fetch(note.info.id, &to, |_| {}).await?;
+        watcher.close().await?;
+        Ok::<_, crate::client::ClientError>((note, fetched))
+    });
+    println!("      device-2 connected and watches for files shared with it");
 
     // 3. The device: mutual authentication.
     let device_config = load_device_config(
@@ -181,7 +229,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let mut client =
         DeviceClient::connect(&addr.to_string(), device_config, ClientSettings::default()).await?;
     println!(
-        "[3/5] handshake: device-1 and server {:?} authenticated each other in {} ms \
+        "[3/6] handshake: device-1 and server {:?} authenticated each other in {} ms \
          (RSA-OAEP pre-master, RSA-PSS proof, HKDF-SHA256 keys, Finished both ways; {} RSA)",
         client.server().name(),
         started.elapsed().as_millis(),
@@ -191,7 +239,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     // 4. Text over the record layer, then a clean close.
     let ack = client.send_text(&args.text).await?;
     println!(
-        "[4/5] sent {:?} in a SECX record (AES-256-CBC + HMAC-SHA256); server answered ACK_ {}",
+        "[4/6] sent {:?} in a SECX record (AES-256-CBC + HMAC-SHA256); server answered ACK_ {}",
         args.text, ack.status
     );
 
@@ -204,7 +252,7 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Other(format!("generating the demo files stopped: {e}")))?
         .map_err(other("cannot generate the demo files"))?;
     println!(
-        "[5/5] sending a generated image, a {} video and a PDF document (kind file), signed with RSA-PSS, in 64 KiB records:",
+        "[5/6] sending a generated image, a {} video (shared with device-2) and a PDF document (kind file), signed with RSA-PSS, in 64 KiB records:",
         indicatif::HumanBytes(args.video_size.as_u64())
     );
     let mut reports = Vec::with_capacity(files.len());
@@ -212,12 +260,28 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     client.close().await?;
     println!("      session closed with ENDD in both directions");
 
+    // 6. device-2 was told of the video and downloaded it, verified.
+    let (note, fetched) = watching
+        .await
+        .map_err(|e| CliError::Other(format!("device-2 stopped: {e}")))??;
+    println!(
+        "[6/6] device-2 was notified of {} from {} (event {}) and fetched it, verified:",
+        note.info.stored_as, note.info.owner, note.event
+    );
+    println!(
+        "      {}",
+        super::fetch::report(&fetched, false).replace('\n', "\n      ")
+    );
+
     shutdown.cancel();
     let _ = server.await;
     super::files::check_reports(&reports)?;
     if args.keep {
         let kept = dir.keep();
-        println!("kept {} (received files in data/device-1/)", kept.display());
+        println!(
+            "kept {} (the server's data in data/, device-2's download in device-2-inbox/)",
+            kept.display()
+        );
     } else {
         println!(
             "removed {} (pass --keep to look at it)",

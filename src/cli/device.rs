@@ -12,7 +12,7 @@ use crate::client::{ClientSettings, DeviceClient, OutgoingFile};
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::handshake::DeviceConfig;
 use crate::media::{Detected, OCTET_STREAM, detect_file};
-use crate::message::MediaKind;
+use crate::message::{MediaKind, Scope};
 use crate::pki::{Role, ServerName};
 use crate::store::validate_file_name;
 
@@ -87,11 +87,49 @@ enum Action {
         /// What the files are; `auto` decides from magic bytes or the extension.
         #[arg(long, value_enum, default_value_t = KindArg::Auto)]
         kind: KindArg,
+        /// Who may see the files: private, everyone, or device names
+        /// separated by commas (signed with the file) [default: private, or
+        /// `share` in the config file].
+        #[arg(long, value_name = "SCOPE")]
+        share: Option<String>,
         /// Print the transfer report as JSON (also when the session fails).
         #[arg(long)]
         json: bool,
     },
+    /// List the files this device may see.
+    #[command(after_help = LIST_EXAMPLES)]
+    List {
+        /// Only files of this owner (a device name, or `server`) [default: every owner].
+        #[arg(long, value_name = "DEVICE")]
+        from: Option<String>,
+        /// Print JSON lines, one file per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a file, verified against its owner's signature.
+    #[command(after_help = FETCH_EXAMPLES)]
+    Fetch(super::fetch::FetchArgs),
+    /// Stay connected and report every new file this device may see.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(super::watch::WatchArgs),
 }
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  secured device list                     # every file this device may see
+  secured device list --from cam-2 --json";
+
+const FETCH_EXAMPLES: &str = "\
+Examples:
+  secured device fetch clip.mp4                    # into ./clip.mp4, verified
+  secured device fetch clip.mp4 --from cam-2 -o ~/Videos/
+  secured device fetch firmware.bin --from server --force -o fw.bin";
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  secured device watch                             # print a line per new file
+  secured device watch --fetch ~/Inbox             # and download each, verified
+  secured device watch --json --exec ./on-new-file.sh";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum KindArg {
@@ -116,6 +154,7 @@ fn prepare_file(
     path: &Path,
     store_as: Option<&str>,
     kind: KindArg,
+    scope: &Scope,
 ) -> Result<OutgoingFile, CliError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))?;
@@ -150,6 +189,7 @@ fn prepare_file(
         kind,
         content_type,
         size: meta.len(),
+        scope: scope.clone(),
     })
 }
 
@@ -266,6 +306,7 @@ pub(super) fn load_device_config(
         anchor: Arc::new(anchor),
         server_name,
         provider: super::provider(),
+        versions: crate::message::SUPPORTED_VERSIONS,
     })
 }
 
@@ -275,8 +316,18 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
             paths,
             store_as,
             kind,
+            share,
             json,
         } => {
+            let share = share.or_else(|| file.device.share.clone());
+            let scope = match share.as_deref() {
+                None => Scope::Private,
+                Some(text) => Scope::parse(text).map_err(|e| {
+                    CliError::Usage(format!(
+                        "--share {text:?} is not a scope: {e}; use private, everyone, or device names separated by commas"
+                    ))
+                })?,
+            };
             if store_as.is_some() && paths.len() > 1 {
                 return Err(CliError::Usage(
                     "--store-as applies to a single file; send the files one by one to rename them"
@@ -285,10 +336,22 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
             }
             let files = paths
                 .iter()
-                .map(|p| prepare_file(p, store_as.as_deref(), kind))
+                .map(|p| prepare_file(p, store_as.as_deref(), kind, &scope))
                 .collect::<Result<Vec<_>, _>>()?;
             let resolved = resolve(&args.conn, file)?;
             super::files::send_files(&resolved.addr, resolved.config, &files, json).await
+        }
+        Action::List { from, json } => {
+            let resolved = resolve(&args.conn, file)?;
+            super::fetch::list(&resolved, from.as_deref(), json).await
+        }
+        Action::Fetch(fetch) => {
+            let resolved = resolve(&args.conn, file)?;
+            super::fetch::run(&resolved, fetch).await
+        }
+        Action::Watch(watch) => {
+            let resolved = resolve(&args.conn, file)?;
+            super::watch::run(resolved, watch, file).await
         }
         Action::SendText { text } => {
             let text = if text == "-" {

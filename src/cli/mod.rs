@@ -4,9 +4,11 @@
 mod demo;
 mod device;
 mod docs;
+mod fetch;
 mod files;
 mod pki;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -333,7 +335,14 @@ mod tests {
     /// clap or as `[default: …]` in its help, unless it has none.
     #[test]
     fn every_option_shows_its_default() {
-        let without_default = ["--config", "--san"];
+        let without_default = [
+            "--config",
+            "--san",
+            "--publish",
+            "--exec",
+            "--fetch",
+            "--count",
+        ];
         let mut commands = Vec::new();
         all_commands(&Cli::command(), "", &mut commands);
         let mut missing = Vec::new();

@@ -40,7 +40,7 @@ pub(super) struct ServeArgs {
     /// CA certificate that issued the device certificates [default: certs/ca.pem].
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Folder for received data, one subfolder per device [default: data].
+    /// Folder for received data: the index of files and their contents [default: data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Seconds a device has to complete the handshake, 1 to 300 [default: 10].
@@ -70,7 +70,17 @@ pub(super) struct ServeArgs {
     /// Free space to keep on the data folder's file system; uploads that would leave less are refused [default: 1GiB].
     #[arg(long, value_name = "SIZE")]
     min_free_space: Option<ByteSize>,
+    /// Publish this file as the server, signed with its key and visible to
+    /// every device (repeat for several; the same file again is kept once).
+    #[arg(long, value_name = "FILE")]
+    publish: Vec<PathBuf>,
+    /// Days notices are kept for watchers that reconnect, 1 to 3650 [default: 7].
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(RETENTION_DAYS))]
+    notice_retention_days: Option<u64>,
 }
+
+/// Allowed `--notice-retention-days` (and `notice_retention_days`).
+const RETENTION_DAYS: RangeInclusive<u64> = 1..=3_650;
 
 /// Allowed `--handshake-timeout` (and `handshake_timeout_secs`), in seconds.
 const HANDSHAKE_TIMEOUT_SECS: RangeInclusive<u64> = 1..=300;
@@ -136,6 +146,7 @@ pub(super) fn load_server_config(
         identity: Arc::new(identity),
         anchor: Arc::new(anchor),
         provider: super::provider(),
+        versions: crate::message::SUPPORTED_VERSIONS,
     })
 }
 
@@ -209,6 +220,23 @@ pub(super) async fn run(
         SHUTDOWN_GRACE_SECS,
         "a number of seconds",
     )?;
+    let retention = from_file(
+        conf,
+        "notice_retention_days",
+        f.notice_retention_days,
+        RETENTION_DAYS,
+        "a number of days",
+    )?;
+    let mut publish = args.publish.clone();
+    publish.extend(f.publish.iter().flatten().cloned());
+    for path in &publish {
+        if !path.is_file() {
+            return Err(CliError::Usage(format!(
+                "--publish {}: there is no such file; give the path of a file to publish",
+                path.display()
+            )));
+        }
+    }
     if f.max_file_size.is_some_and(|b| b.as_u64() == 0) {
         return Err(CliError::Usage(format!(
             "{}: [server] max_file_size is 0 bytes; set a size of at least 1 byte, e.g. \"64GiB\", or remove it for the default",
@@ -279,6 +307,13 @@ pub(super) async fn run(
                 .or(f.min_free_space)
                 .map_or(defaults.storage.min_free_space, |b| b.as_u64()),
         },
+        publish,
+        notice_retention: args
+            .notice_retention_days
+            .or(retention)
+            .map_or(defaults.notice_retention, |d| {
+                Duration::from_secs(d * 86_400)
+            }),
     };
     settings
         .storage
@@ -304,6 +339,9 @@ pub(super) async fn run(
             |e| match e.get_ref().and_then(|e| e.downcast_ref::<OpenError>()) {
                 // Already one sentence naming the folder.
                 Some(open) => CliError::Other(open.to_string()),
+                None if e.get_ref().is_some_and(|e| e.is::<server::PublishError>()) => {
+                    CliError::Other(e.to_string())
+                }
                 None => CliError::Other(format!(
                     "cannot use the data folder {}: {e}",
                     data_dir.display()

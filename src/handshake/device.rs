@@ -11,7 +11,7 @@ use crate::crypto::hash::{HASH_LEN, Transcript};
 use crate::crypto::kdf::{self, NONCE_LEN};
 use crate::crypto::{CryptoProvider, PreMaster};
 use crate::frame::{Frame, FrameKind};
-use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION, Prem};
+use crate::message::{Helo, HeloRole, Message, Prem};
 use crate::pki::{
     CertifiedPeer, Identity, KeyPossession, Role, ServerName, TrustAnchor, verify_peer,
 };
@@ -29,6 +29,9 @@ pub struct DeviceConfig {
     pub server_name: ServerName,
     /// The crypto backend.
     pub provider: &'static CryptoProvider,
+    /// The protocol versions offered, most preferred first
+    /// ([`SUPPORTED_VERSIONS`] unless a test needs an older device).
+    pub versions: &'static [u16],
 }
 
 /// The device before anything was sent.
@@ -52,7 +55,7 @@ impl DeviceStart {
         self.config.provider.random.fill(&mut nonce)?;
         let frame = Message::Helo(Helo {
             role: HeloRole::Device,
-            versions: vec![PROTOCOL_VERSION],
+            versions: self.config.versions.to_vec(),
             nonce,
             cert_der: self.config.identity.cert_der().to_vec(),
             extensions: Vec::new(),
@@ -96,9 +99,16 @@ impl ExpectServerHelo {
         if helo.role != HeloRole::Server {
             return Err(HandshakeError::WrongRole);
         }
-        if helo.versions != [PROTOCOL_VERSION] {
+        let [chosen] = helo.versions[..] else {
             return Err(HandshakeError::ProtocolVersion {
                 offered: helo.versions,
+                ours: self.config.versions,
+            });
+        };
+        if !self.config.versions.contains(&chosen) {
+            return Err(HandshakeError::ProtocolVersion {
+                offered: helo.versions,
+                ours: self.config.versions,
             });
         }
         let server = verify_peer(
@@ -138,6 +148,7 @@ impl ExpectServerHelo {
                 server_finished: Zeroizing::new(keys.server_finished),
                 th,
                 server,
+                version: chosen,
             },
             vec![prem, fini],
         ))
@@ -151,6 +162,7 @@ pub struct ExpectServerFinished {
     server_finished: Zeroizing<[u8; 32]>,
     th: [u8; HASH_LEN],
     server: CertifiedPeer,
+    version: u16,
 }
 
 impl ExpectServerFinished {
@@ -167,7 +179,7 @@ impl ExpectServerFinished {
             writer: self.writer,
             reader: self.reader,
             peer: self.server.into_verified(KeyPossession::assertion()),
-            version: PROTOCOL_VERSION,
+            version: self.version,
         })
     }
 }

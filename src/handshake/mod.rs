@@ -74,10 +74,14 @@ pub enum HandshakeError {
     #[error("the peer's HELO claims the wrong role")]
     WrongRole,
     /// No protocol version in common.
-    #[error("no protocol version in common (peer offered {offered:?}, this side speaks 1)")]
+    #[error(
+        "no protocol version in common (the other side offered {offered:?}, this side speaks {ours:?})"
+    )]
     ProtocolVersion {
         /// What the peer offered or chose.
         offered: Vec<u16>,
+        /// What this side speaks.
+        ours: &'static [u16],
     },
     /// The peer's certificate failed verification.
     #[error("the {peer}'s certificate was refused: {error}")]

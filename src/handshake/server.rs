@@ -13,7 +13,7 @@ use crate::crypto::hash::{HASH_LEN, Transcript};
 use crate::crypto::kdf::{self, NONCE_LEN};
 use crate::crypto::{CryptoProvider, PreMaster, unwrap_premaster};
 use crate::frame::{Frame, FrameKind};
-use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION};
+use crate::message::{Helo, HeloRole, Message};
 use crate::pki::{
     CertifiedPeer, Identity, KeyPossession, Role, TrustAnchor, VerifiedPeer, verify_peer,
 };
@@ -28,6 +28,9 @@ pub struct ServerConfig {
     pub anchor: Arc<TrustAnchor>,
     /// The crypto backend.
     pub provider: &'static CryptoProvider,
+    /// The protocol versions accepted ([`SUPPORTED_VERSIONS`] unless a
+    /// test needs an older server).
+    pub versions: &'static [u16],
 }
 
 /// Waiting for the device's `HELO`.
@@ -59,11 +62,19 @@ impl ExpectDeviceHelo {
         if helo.role != HeloRole::Device {
             return Err(HandshakeError::WrongRole);
         }
-        if !helo.versions.contains(&PROTOCOL_VERSION) {
+        // The first version in the device's list that this side speaks
+        // (proto-spec.md §5.2).
+        let Some(version) = helo
+            .versions
+            .iter()
+            .copied()
+            .find(|v| self.config.versions.contains(v))
+        else {
             return Err(HandshakeError::ProtocolVersion {
                 offered: helo.versions,
+                ours: self.config.versions,
             });
-        }
+        };
         let claimed = verify_peer(&self.config.anchor, &helo.cert_der, Role::Device, None, now)
             .map_err(|error| HandshakeError::Certificate {
                 peer: Role::Device,
@@ -76,7 +87,7 @@ impl ExpectDeviceHelo {
         self.config.provider.random.fill(&mut nonce)?;
         let reply = Message::Helo(Helo {
             role: HeloRole::Server,
-            versions: vec![PROTOCOL_VERSION],
+            versions: vec![version],
             nonce,
             cert_der: self.config.identity.cert_der().to_vec(),
             extensions: Vec::new(),
@@ -90,6 +101,7 @@ impl ExpectDeviceHelo {
                 nonce_device: helo.nonce,
                 nonce_server: nonce,
                 transcript,
+                version,
             },
             reply,
         ))
@@ -103,6 +115,7 @@ pub struct ExpectPrem {
     nonce_device: [u8; NONCE_LEN],
     nonce_server: [u8; NONCE_LEN],
     transcript: Transcript,
+    version: u16,
 }
 
 impl ExpectPrem {
@@ -149,6 +162,7 @@ impl ExpectPrem {
             server_finished: Zeroizing::new(keys.server_finished),
             th,
             device,
+            version: self.version,
         })
     }
 }
@@ -161,6 +175,7 @@ pub struct ExpectDeviceFinished {
     server_finished: Zeroizing<[u8; 32]>,
     th: [u8; HASH_LEN],
     device: VerifiedPeer,
+    version: u16,
 }
 
 impl ExpectDeviceFinished {
@@ -182,7 +197,7 @@ impl ExpectDeviceFinished {
                 writer: self.writer,
                 reader: self.reader,
                 peer: self.device,
-                version: PROTOCOL_VERSION,
+                version: self.version,
             },
             fini,
         ))

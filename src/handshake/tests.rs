@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use super::*;
 use crate::crypto::default_provider;
 use crate::frame::FrameKind;
-use crate::message::Prem;
+use crate::message::{Prem, SUPPORTED_VERSIONS};
 use crate::pki::Role;
 use crate::testkit::{TestLeaf, TestPki, pki};
 
@@ -58,7 +58,7 @@ fn happy_path_yields_matching_record_layers() {
     assert_eq!(d.peer.name(), "localhost");
     assert_eq!(d.peer.role(), Role::Server);
     assert_eq!(s.peer.name(), "device-1");
-    assert_eq!(d.version, 1);
+    assert_eq!((d.version, s.version), (2, 2));
     // Both directions carry records; FINI used sequence number 0.
     assert_eq!(d.writer.next_seq(), 1);
     let rec = d.writer.seal_frame(FrameKind::SECX, b"up").unwrap();
@@ -262,7 +262,7 @@ fn version_without_overlap_is_refused_with_protocol_version() {
             let Ok(Message::Helo(mut h)) = Message::decode(FrameKind::HELO, &f.body) else {
                 panic!()
             };
-            h.versions = vec![2, 3];
+            h.versions = vec![3, 4];
             *f = Message::Helo(h).to_plain_frame();
         }
     });
@@ -272,6 +272,55 @@ fn version_without_overlap_is_refused_with_protocol_version() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// proto-spec.md §5.2, §13.1: the server picks the first version in the
+/// device's list that it speaks, so each side meets an older peer on
+/// version 1.
+#[test]
+fn versions_are_negotiated_to_what_both_speak() {
+    let p = pki();
+    let v1: &'static [u16] = &[1];
+    for (device, server, expect) in [(v1, SUPPORTED_VERSIONS, 1), (SUPPORTED_VERSIONS, v1, 1)] {
+        let dc = DeviceConfig {
+            versions: device,
+            ..p.device_config()
+        };
+        let sc = ServerConfig {
+            versions: server,
+            ..p.server_config()
+        };
+        let (d, s) = run(dc, sc, |_, _| {}).unwrap();
+        assert_eq!((d.version, s.version), (expect, expect));
+    }
+    // A device preferring 1 gets 1 even from a server that speaks 2.
+    let dc = DeviceConfig {
+        versions: &[1, 2],
+        ..p.device_config()
+    };
+    let (d, _) = run(dc, p.server_config(), |_, _| {}).unwrap();
+    assert_eq!(d.version, 1);
+    // A server that answers a version the device did not offer is refused.
+    let dc = DeviceConfig {
+        versions: v1,
+        ..p.device_config()
+    };
+    let r = run(dc, p.server_config(), |at, f| {
+        if at == Step::ServerHelo {
+            let Ok(Message::Helo(mut h)) = Message::decode(FrameKind::HELO, &f.body) else {
+                panic!()
+            };
+            h.versions = vec![2];
+            *f = Message::Helo(h).to_plain_frame();
+        }
+    });
+    assert!(
+        matches!(
+            r,
+            Err(Failure::Device(HandshakeError::ProtocolVersion { .. }))
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]

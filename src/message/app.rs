@@ -88,8 +88,11 @@ wire_codes! {
     QuotaExceeded = 9, "quota_exceeded", "the device's storage quota is used up";
     /// The server's disk would go below its reserve of free space.
     InsufficientStorage = 10, "insufficient_storage", "the server does not have enough free space";
-    /// Too many uploads of this device in flight; retry later.
-    Busy = 11, "busy", "too many uploads in progress; retry later";
+    /// Too many uploads of this device in flight, or a download already
+    /// in progress in the session; retry later.
+    Busy = 11, "busy", "too many transfers in progress; retry later";
+    /// No such file, or the device may not see it (version 2).
+    NotFound = 12, "not_found", "no such file is visible to this device";
 }
 
 impl fmt::Display for AckStatus {
@@ -208,6 +211,19 @@ pub struct ImgxOpen {
     pub name: String,
     /// The media type, e.g. `image/png`.
     pub content_type: String,
+    /// Version 2 only (proto-spec.md §13.3): the signing time and scope,
+    /// both covered by the signature. `None` in a version 1 session.
+    pub sharing: Option<Sharing>,
+}
+
+/// What a version 2 `OPEN` adds: when the device signs and who may see the
+/// file (proto-spec.md §13.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharing {
+    /// Unix time in seconds at which the device signs.
+    pub signed_at: u64,
+    /// Who may see the file.
+    pub scope: super::Scope,
 }
 
 /// `IMGX`: a signed file stream from the device (proto-spec.md §8.3).
@@ -261,7 +277,10 @@ impl Imgx {
 
     /// Decodes from an owned plaintext; data chunks are split off without
     /// copying.
-    pub(super) fn decode_owned(mut body: bytes::BytesMut) -> Result<Self, DecodeError> {
+    pub(super) fn decode_owned(
+        mut body: bytes::BytesMut,
+        version: u16,
+    ) -> Result<Self, DecodeError> {
         if body.len() > IMGX_DATA_HEADER_LEN && body[4] == 2 {
             let head = body.split_to(IMGX_DATA_HEADER_LEN);
             let stream = StreamId(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
@@ -270,10 +289,10 @@ impl Imgx {
                 chunk: body.freeze(),
             });
         }
-        Self::decode(&body)
+        Self::decode(&body, version)
     }
 
-    pub(super) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+    pub(super) fn decode(body: &[u8], version: u16) -> Result<Self, DecodeError> {
         let mut r = Reader::new("IMGX", body);
         let stream = StreamId(r.u32("stream")?);
         let msg = match r.u8("op")? {
@@ -290,12 +309,20 @@ impl Imgx {
                     return Err(r.invalid("content_type", "not printable ASCII"));
                 }
                 let content_type = String::from_utf8_lossy(ct).into_owned();
+                let sharing = if version >= 2 {
+                    let signed_at = r.u64("signed_at")?;
+                    let scope = super::Scope::read(&mut r)?;
+                    Some(Sharing { signed_at, scope })
+                } else {
+                    None
+                };
                 Self::Open(ImgxOpen {
                     stream,
                     kind,
                     size,
                     name,
                     content_type,
+                    sharing,
                 })
             }
             2 => {
@@ -336,6 +363,10 @@ impl Imgx {
                 out.extend_from_slice(&o.size.to_be_bytes());
                 put_vec_u16(out, o.name.as_bytes());
                 put_vec_u16(out, o.content_type.as_bytes());
+                if let Some(sh) = &o.sharing {
+                    out.extend_from_slice(&sh.signed_at.to_be_bytes());
+                    sh.scope.encode(out);
+                }
             }
             Self::Data { chunk, .. } => {
                 out.push(2);
@@ -371,14 +402,14 @@ mod tests {
     fn abort_reason_must_be_utf8() {
         let body = b"\x00\x00\x00\x05\x04\x00\x04ab\xe0\x84";
         assert!(matches!(
-            Imgx::decode(body),
+            Imgx::decode(body, 1),
             Err(DecodeError::Invalid {
                 field: "reason",
                 ..
             })
         ));
         let body = b"\x00\x00\x00\x05\x04\x00\x04ab\xc3\xa9";
-        let msg = Imgx::decode(body).unwrap();
+        let msg = Imgx::decode(body, 1).unwrap();
         let mut out = Vec::new();
         msg.encode(&mut out);
         assert_eq!(out, body);
@@ -397,7 +428,7 @@ mod tests {
     #[test]
     fn open_kinds() {
         let body = open_body(3);
-        let msg = Imgx::decode(&body).unwrap();
+        let msg = Imgx::decode(&body, 1).unwrap();
         let Imgx::Open(open) = &msg else {
             panic!("not an open");
         };
@@ -413,7 +444,7 @@ mod tests {
         for bad in [0u8, 4, 255] {
             assert!(
                 matches!(
-                    Imgx::decode(&open_body(bad)),
+                    Imgx::decode(&open_body(bad), 1),
                     Err(DecodeError::Invalid { field: "kind", .. })
                 ),
                 "kind {bad}"
@@ -432,7 +463,7 @@ mod tests {
         };
         let mut out = Vec::new();
         msg.encode(&mut out);
-        let Imgx::Abort { reason, .. } = Imgx::decode(&out).unwrap() else {
+        let Imgx::Abort { reason, .. } = Imgx::decode(&out, 1).unwrap() else {
             panic!("not an abort");
         };
         assert_eq!(reason.len(), MAX_ACK_DETAIL_LEN - 1);

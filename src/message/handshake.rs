@@ -4,8 +4,12 @@ use super::DecodeError;
 use super::codec::{Reader, put_vec_u16};
 use crate::crypto::kdf::NONCE_LEN;
 
-/// The protocol version this implementation speaks.
+/// The first protocol version (proto-spec.md §1 to §12).
 pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: sharing, listings, downloads and notices (proto-spec.md §13).
+pub const PROTOCOL_VERSION_2: u16 = 2;
+/// The versions this implementation speaks, most preferred first.
+pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION_2, PROTOCOL_VERSION];
 /// Largest certificate accepted in a `HELO`.
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 /// Largest extensions block in a `HELO`.

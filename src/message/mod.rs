@@ -64,17 +64,23 @@ macro_rules! wire_codes {
 mod alert;
 mod app;
 pub(crate) mod codec;
+mod files;
 mod handshake;
+mod scope;
 
 pub use alert::AlertCode;
 pub use app::{
     Ack, AckStatus, IMGX_DATA_HEADER_LEN, Imgx, ImgxOpen, MAX_ACK_DETAIL_LEN, MAX_CHUNK_LEN,
-    MAX_CONTENT_TYPE_LEN, MAX_FILE_NAME_LEN, MAX_TEXT_LEN, MediaKind, Secx, StreamId,
+    MAX_CONTENT_TYPE_LEN, MAX_FILE_NAME_LEN, MAX_TEXT_LEN, MediaKind, Secx, Sharing, StreamId,
+};
+pub use files::{
+    Entr, FILE_DATA_HEADER_LEN, FileHead, FileInfo, FileMsg, Ftch, List, Note, WatchFrom, Wtch,
 };
 pub use handshake::{
-    Extension, Fini, Helo, HeloRole, MAX_CERT_LEN, MAX_EXTENSIONS_LEN, PROTOCOL_VERSION, Prem,
-    VERIFY_DATA_LEN,
+    Extension, Fini, Helo, HeloRole, MAX_CERT_LEN, MAX_EXTENSIONS_LEN, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_2, Prem, SUPPORTED_VERSIONS, VERIFY_DATA_LEN,
 };
+pub use scope::{MAX_DEVICE_NAME_LEN, MAX_SCOPE_DEVICES, Scope, ScopeError, is_device_name};
 
 use crate::frame::{Frame, FrameKind};
 
@@ -110,7 +116,7 @@ pub enum DecodeError {
     },
 }
 
-/// Every message of protocol version 1.
+/// Every message of protocol versions 1 and 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Message {
@@ -130,6 +136,22 @@ pub enum Message {
     Ack(Ack),
     /// `IMGX`: file stream.
     Imgx(Imgx),
+    /// `LIST`: list visible files (version 2).
+    List(List),
+    /// `ENTR`: one file of a listing (version 2).
+    Entr(Box<Entr>),
+    /// `FTCH`: download a file (version 2).
+    Ftch(Ftch),
+    /// `FILE`: a downloaded file (version 2).
+    File(FileMsg),
+    /// `WTCH`: subscribe to notices (version 2).
+    Wtch(Wtch),
+    /// `NOTE`: a notice of a new file (version 2).
+    Note(Box<Note>),
+    /// `PING`: heartbeat (version 2).
+    Ping(u64),
+    /// `PONG`: heartbeat answer (version 2).
+    Pong(u64),
     /// A type this version does not know. Application types carry a stream
     /// id first, so the receiver can answer `ACK_ unsupported` for it.
     Unknown {
@@ -153,15 +175,34 @@ impl Message {
             Self::Secx(_) => FrameKind::SECX,
             Self::Ack(_) => FrameKind::ACK,
             Self::Imgx(_) => FrameKind::IMGX,
+            Self::List(_) => FrameKind::LIST,
+            Self::Entr(_) => FrameKind::ENTR,
+            Self::Ftch(_) => FrameKind::FTCH,
+            Self::File(_) => FrameKind::FILE,
+            Self::Wtch(_) => FrameKind::WTCH,
+            Self::Note(_) => FrameKind::NOTE,
+            Self::Ping(_) => FrameKind::PING,
+            Self::Pong(_) => FrameKind::PONG,
             Self::Unknown { kind, .. } => *kind,
         }
     }
 
-    /// Decodes the body of a frame of type `kind`.
+    /// Decodes the body of a frame of type `kind` in a version 1 session.
     ///
     /// # Errors
     /// A [`DecodeError`] naming the message and the field at fault.
     pub fn decode(kind: FrameKind, body: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_in(1, kind, body)
+    }
+
+    /// Decodes the body of a frame of type `kind` in a session of protocol
+    /// `version`: the types of version 2 are unknown types in version 1
+    /// (proto-spec.md §13.1).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] naming the message and the field at fault.
+    pub fn decode_in(version: u16, kind: FrameKind, body: &[u8]) -> Result<Self, DecodeError> {
+        let v2 = version >= 2;
         Ok(match kind {
             FrameKind::HELO => Self::Helo(Helo::decode(body)?),
             FrameKind::PREM => Self::Prem(Prem::decode(body)?),
@@ -173,7 +214,15 @@ impl Message {
             }
             FrameKind::SECX => Self::Secx(Secx::decode(body)?),
             FrameKind::ACK => Self::Ack(Ack::decode(body)?),
-            FrameKind::IMGX => Self::Imgx(Imgx::decode(body)?),
+            FrameKind::IMGX => Self::Imgx(Imgx::decode(body, version)?),
+            FrameKind::LIST if v2 => Self::List(List::decode(body)?),
+            FrameKind::ENTR if v2 => Self::Entr(Box::new(Entr::decode(body)?)),
+            FrameKind::FTCH if v2 => Self::Ftch(Ftch::decode(body)?),
+            FrameKind::FILE if v2 => Self::File(FileMsg::decode(body)?),
+            FrameKind::WTCH if v2 => Self::Wtch(Wtch::decode(body)?),
+            FrameKind::NOTE if v2 => Self::Note(Box::new(Note::decode(body)?)),
+            FrameKind::PING if v2 => Self::Ping(files::decode_heartbeat("PING", body)?),
+            FrameKind::PONG if v2 => Self::Pong(files::decode_heartbeat("PONG", body)?),
             other => Self::Unknown {
                 kind: other,
                 stream: body
@@ -185,16 +234,23 @@ impl Message {
         })
     }
 
-    /// Decodes an owned plaintext: as [`Message::decode`], but `IMGX` data
-    /// chunks are split off the buffer instead of copied.
+    /// Decodes an owned plaintext: as [`Message::decode_in`], but `IMGX`
+    /// and `FILE` data chunks are split off the buffer instead of copied.
     ///
     /// # Errors
-    /// As [`Message::decode`].
-    pub fn decode_owned(kind: FrameKind, body: bytes::BytesMut) -> Result<Self, DecodeError> {
+    /// As [`Message::decode_in`].
+    pub fn decode_owned(
+        version: u16,
+        kind: FrameKind,
+        body: bytes::BytesMut,
+    ) -> Result<Self, DecodeError> {
         if kind == FrameKind::IMGX {
-            return Imgx::decode_owned(body).map(Self::Imgx);
+            return Imgx::decode_owned(body, version).map(Self::Imgx);
         }
-        Self::decode(kind, &body)
+        if kind == FrameKind::FILE && version >= 2 {
+            return FileMsg::decode_owned(body).map(Self::File);
+        }
+        Self::decode_in(version, kind, &body)
     }
 
     /// Appends the encoded body to `out`.
@@ -208,6 +264,13 @@ impl Message {
             Self::Secx(m) => m.encode(out),
             Self::Ack(m) => m.encode(out),
             Self::Imgx(m) => m.encode(out),
+            Self::List(m) => m.encode(out),
+            Self::Entr(m) => m.encode(out),
+            Self::Ftch(m) => m.encode(out),
+            Self::File(m) => m.encode(out),
+            Self::Wtch(m) => m.encode(out),
+            Self::Note(m) => m.encode(out),
+            Self::Ping(d) | Self::Pong(d) => out.extend_from_slice(&d.to_be_bytes()),
             Self::Unknown { stream, .. } => {
                 if let Some(s) = stream {
                     out.extend_from_slice(&s.0.to_be_bytes());
@@ -290,6 +353,7 @@ mod tests {
                 size: 1 << 40,
                 name: "clip é.mp4".into(),
                 content_type: "video/mp4".into(),
+                sharing: None,
             }),
             Imgx::Data {
                 stream: StreamId(5),
@@ -305,7 +369,7 @@ mod tests {
             },
         ] {
             let body = Message::Imgx(imgx.clone()).to_body();
-            let owned = Message::decode_owned(FrameKind::IMGX, bytes::BytesMut::from(&body[..]));
+            let owned = Message::decode_owned(1, FrameKind::IMGX, bytes::BytesMut::from(&body[..]));
             assert_eq!(owned.unwrap(), Message::Imgx(imgx.clone()));
             round_trip(Message::Imgx(imgx));
         }
@@ -314,6 +378,150 @@ mod tests {
             status: AckStatus::Ok,
             detail: vec![1, 2, 3],
         }));
+    }
+
+    fn round_trip_v2(m: Message) {
+        let body = m.to_body();
+        assert_eq!(Message::decode_in(2, m.kind(), &body).unwrap(), m);
+        let owned = Message::decode_owned(2, m.kind(), bytes::BytesMut::from(&body[..]));
+        assert_eq!(owned.unwrap(), m);
+        for cut in 0..body.len() {
+            if let Ok(other) = Message::decode_in(2, m.kind(), &body[..cut]) {
+                assert_ne!(other, m);
+            }
+        }
+        let mut long = body.clone();
+        long.push(0);
+        if !matches!(m, Message::File(FileMsg::Data { .. })) {
+            assert!(
+                Message::decode_in(2, m.kind(), &long).is_err(),
+                "{m:?} accepted trailing byte"
+            );
+        }
+        // In a version 1 session the new types are unknown (§13.1).
+        if m.kind() != FrameKind::IMGX {
+            assert!(matches!(
+                Message::decode_in(1, m.kind(), &body),
+                Ok(Message::Unknown { .. })
+            ));
+        }
+    }
+
+    fn info() -> FileInfo {
+        FileInfo {
+            id: 0x0102_0304_0506_0708,
+            owner: "cam-2".into(),
+            name: "clip é.mp4".into(),
+            stored_as: "clip é (1).mp4".into(),
+            kind: MediaKind::Video,
+            size: 1 << 33,
+            content_type: "video/mp4".into(),
+            sha256: [7; 32],
+            signed_at: 1_800_000_000,
+            stored_at: 1_800_000_000_123,
+            scope: Scope::devices(["phone", "laptop"]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_version_2_message_round_trips() {
+        let open = Imgx::Open(ImgxOpen {
+            stream: StreamId(5),
+            kind: MediaKind::Image,
+            size: 12,
+            name: "a.png".into(),
+            content_type: "image/png".into(),
+            sharing: Some(Sharing {
+                signed_at: 1_800_000_000,
+                scope: Scope::Everyone,
+            }),
+        });
+        round_trip_v2(Message::Imgx(open.clone()));
+        // The same OPEN in a version 1 session has trailing bytes.
+        assert!(Message::decode_in(1, FrameKind::IMGX, &Message::Imgx(open).to_body()).is_err());
+        round_trip_v2(Message::List(List {
+            stream: StreamId(7),
+            owner: None,
+        }));
+        round_trip_v2(Message::List(List {
+            stream: StreamId(7),
+            owner: Some("cam-2".into()),
+        }));
+        round_trip_v2(Message::Entr(Box::new(Entr {
+            stream: StreamId(7),
+            info: info(),
+        })));
+        round_trip_v2(Message::Ftch(Ftch {
+            stream: StreamId(9),
+            id: 42,
+        }));
+        round_trip_v2(Message::File(FileMsg::Head(Box::new(FileHead {
+            stream: StreamId(9),
+            info: info(),
+            signed_version: 2,
+            certificate: vec![0x30, 0x03, 1, 2, 3],
+            signature: vec![9; 256],
+        }))));
+        round_trip_v2(Message::File(FileMsg::Data {
+            stream: StreamId(9),
+            chunk: bytes::Bytes::from_static(b"content"),
+        }));
+        round_trip_v2(Message::Wtch(Wtch {
+            stream: StreamId(11),
+            from: WatchFrom::Now,
+        }));
+        round_trip_v2(Message::Wtch(Wtch {
+            stream: StreamId(11),
+            from: WatchFrom::After(99),
+        }));
+        round_trip_v2(Message::Note(Box::new(Note {
+            stream: StreamId(11),
+            event: 100,
+            info: info(),
+        })));
+        round_trip_v2(Message::Ping(0xdead_beef));
+        round_trip_v2(Message::Pong(0xdead_beef));
+    }
+
+    #[test]
+    fn version_2_fields_are_checked() {
+        let bad = |kind: FrameKind, body: &[u8]| Message::decode_in(2, kind, body).is_err();
+        // WTCH: from 0 with an id, from 2.
+        assert!(bad(FrameKind::WTCH, b"\0\0\0\x01\0\0\0\0\0\0\0\0\x01"));
+        assert!(bad(FrameKind::WTCH, b"\0\0\0\x01\x02\0\0\0\0\0\0\0\0"));
+        // LIST: an owner that is not a device name.
+        assert!(bad(FrameKind::LIST, b"\0\0\0\x01\0\x02.a"));
+        // FILE: op 3, an empty chunk, signed_version 3.
+        assert!(bad(FrameKind::FILE, b"\0\0\0\x01\x03"));
+        assert!(bad(FrameKind::FILE, b"\0\0\0\x01\x02"));
+        let mut head = Message::File(FileMsg::Head(Box::new(FileHead {
+            stream: StreamId(1),
+            info: info(),
+            signed_version: 2,
+            certificate: vec![1],
+            signature: vec![2; 256],
+        })))
+        .to_body();
+        let at = head.len() - 2 - 256 - 2 - 1 - 2;
+        head[at..at + 2].copy_from_slice(&3u16.to_be_bytes());
+        assert!(bad(FrameKind::FILE, &head));
+        // ENTR: id 0, a stored name with a slash.
+        let mut e = info();
+        e.id = 0;
+        let body = Message::Entr(Box::new(Entr {
+            stream: StreamId(1),
+            info: e,
+        }))
+        .to_body();
+        assert!(bad(FrameKind::ENTR, &body));
+        let mut e = info();
+        e.stored_as = "../x".into();
+        let body = Message::Entr(Box::new(Entr {
+            stream: StreamId(1),
+            info: e,
+        }))
+        .to_body();
+        assert!(bad(FrameKind::ENTR, &body));
     }
 
     #[test]

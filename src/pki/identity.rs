@@ -21,6 +21,7 @@ pub struct Identity {
     key: Arc<dyn RsaPrivateKey>,
     name: String,
     not_after: SystemTime,
+    serial: Vec<u8>,
 }
 
 impl Identity {
@@ -79,6 +80,7 @@ impl Identity {
         let name = parsed.subject_cn().map_err(cert_error)?;
         let spki = parsed.spki_der().map_err(cert_error)?;
         let not_after = parsed.not_after();
+        let serial = parsed.serial().to_vec();
         drop(parsed);
 
         let key = load_matching_key(provider, key_pkcs8_der, &spki, key_origin, cert_origin)?;
@@ -87,6 +89,7 @@ impl Identity {
             key,
             name,
             not_after,
+            serial,
         })
     }
 
@@ -112,6 +115,12 @@ impl Identity {
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The certificate's serial number as lowercase hex.
+    #[must_use]
+    pub fn serial_hex(&self) -> String {
+        hex::encode(&self.serial)
     }
 }
 

@@ -30,6 +30,9 @@
 //! ended.
 
 pub mod admission;
+mod publish;
+
+pub use publish::{PublishError, Published, publish};
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -46,13 +49,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::admission::{Admission, AdmissionLimits, Ticket};
 use crate::handshake::ServerConfig;
+use crate::index::now_ms;
 use crate::message::{AlertCode, Message};
 use crate::service::{self, Context, Ending, Event, Events, Reply, SessionState};
 use crate::session::{
     AcceptLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, IoLimits, Progress, Session,
     SessionError,
 };
-use crate::store::{Cleanup, Store, StoreLimits};
+use crate::store::{Store, StoreLimits};
 use crate::transfer::UploadLimits;
 
 /// Operational limits of the daemon.
@@ -77,13 +81,27 @@ pub struct ServerSettings {
     pub early_drop_percent: u8,
     /// How long transfers in flight may go on after shutdown was requested.
     pub shutdown_grace: Duration,
-    /// Where received data is stored, one folder per device.
+    /// Where received data is stored: the index of files and their contents.
     pub data_dir: PathBuf,
     /// Limits of file uploads.
     pub uploads: UploadLimits,
     /// Quotas, uploads in flight per device, free-space reserve.
     pub storage: StoreLimits,
+    /// Files the server publishes at start-up, visible to every device
+    /// (proto-spec.md §13.8).
+    pub publish: Vec<PathBuf>,
+    /// How long events are kept for watchers that resume (proto-spec.md
+    /// §13.9).
+    pub notice_retention: Duration,
 }
+
+/// Default time events are kept: a week.
+pub const DEFAULT_NOTICE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// How often old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often a device's certificate is recorded again while its sessions
+/// come and go (its `last_seen`).
+const RECORD_DEVICE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -101,6 +119,8 @@ impl Default for ServerSettings {
             data_dir: PathBuf::from("data"),
             uploads: UploadLimits::default(),
             storage: StoreLimits::default(),
+            publish: Vec::new(),
+            notice_retention: DEFAULT_NOTICE_RETENTION,
         }
     }
 }
@@ -157,8 +177,8 @@ impl Server {
 
     /// Serves connections from `listener` until `shutdown` is cancelled.
     ///
-    /// The data folder is opened first, and what interrupted transfers left
-    /// there is removed.
+    /// The data folder is opened first: a folder of the old layout is
+    /// imported, and what interrupted transfers left there is removed.
     ///
     /// # Errors
     /// The data folder cannot be used: the error wraps a
@@ -170,14 +190,38 @@ impl Server {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let (store, cleanup) = Store::open(&self.settings.data_dir, self.settings.storage.clone())
+            .await
             .map_err(std::io::Error::other)?;
-        if cleanup != Cleanup::default() {
+        if cleanup.partial_files > 0 || cleanup.orphan_blobs > 0 {
             info!(
                 partial_files = cleanup.partial_files,
-                orphan_records = cleanup.orphan_records,
+                orphan_blobs = cleanup.orphan_blobs,
                 "removed what interrupted transfers left behind"
             );
         }
+        if cleanup.imported_files > 0 {
+            info!(
+                files = cleanup.imported_files,
+                "imported the files of the previous data folder layout into the index"
+            );
+        }
+        for path in &self.settings.publish {
+            match publish(&store, &self.config.identity, path).await? {
+                Published::Stored {
+                    stored_as,
+                    id,
+                    event,
+                } => info!(file = %path.display(), stored_as, id, event, "published"),
+                Published::AlreadyThere { stored_as } => {
+                    info!(file = %path.display(), stored_as, "already published");
+                }
+            }
+        }
+        let (last_event, _) = store
+            .index()
+            .event_bounds()
+            .await
+            .map_err(std::io::Error::other)?;
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             config: self.config,
@@ -188,7 +232,14 @@ impl Server {
             events: self.events,
             shutdown: shutdown.clone(),
             stop: stop.clone(),
+            commits: tokio::sync::watch::Sender::new(last_event),
+            recorded: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
+        tokio::spawn(prune_events(
+            shared.store.clone(),
+            shared.settings.notice_retention,
+            shutdown.clone(),
+        ));
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, provider = shared.config.provider.name, "listening");
@@ -264,6 +315,64 @@ struct Shared {
     shutdown: CancellationToken,
     /// The grace period is over: stop now.
     stop: CancellationToken,
+    /// The newest event id committed: watches wait on it.
+    commits: tokio::sync::watch::Sender<u64>,
+    /// When each device certificate (name, serial) was last recorded.
+    recorded: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// Removes events older than `retention`, now and every hour, until
+/// `shutdown`.
+async fn prune_events(store: Store, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let horizon =
+            now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        match store.index().prune_events(horizon).await {
+            Ok(0) => {}
+            Ok(n) => info!(events = n, "pruned notices older than the retention time"),
+            Err(e) => warn!(error = %e, "cannot prune old notices"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+impl Shared {
+    /// Records the device's certificate in the index (the directory of
+    /// devices, and the signer of its files), at most once an hour per
+    /// certificate: every session would otherwise cost a synced write.
+    async fn record_device(&self, peer: &crate::pki::CertifiedPeer) {
+        let key = (peer.name().to_owned(), peer.serial_hex());
+        let due = {
+            let mut recorded = self
+                .recorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = recorded
+                .get(&key)
+                .is_none_or(|at| at.elapsed() >= RECORD_DEVICE_EVERY);
+            if due {
+                recorded.insert(key.clone(), std::time::Instant::now());
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .index()
+            .record_device(&key.0, &key.1, peer.cert_der(), now_ms())
+            .await
+        {
+            warn!(error = %e, "cannot record the device's certificate");
+            if let Ok(mut recorded) = self.recorded.lock() {
+                recorded.remove(&key);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -367,6 +476,8 @@ async fn serve_connection(
     let device = session.peer().name().to_owned();
     let ending = match shared.sessions.clone().try_acquire_owned() {
         Ok(slot) => {
+            // Slot first: the write must not let a later device take it.
+            shared.record_device(session.peer()).await;
             info!(serial = %session.peer().serial_hex(), "device authenticated");
             session.set_limits(IoLimits::uniform(shared.settings.idle_timeout));
             session.set_stop(shared.stop.clone());
@@ -419,24 +530,61 @@ async fn serve_session(
         // is in flight, and never past the grace period (the stop token
         // ends every wait then).
         let draining = shared.shutdown.is_cancelled();
-        if draining && !state.upload_in_progress() {
+        let busy = state.transfer_in_progress();
+        if draining && !busy {
             info!("server shutting down; closing the session");
             session.abort(AlertCode::Unavailable).await;
             return Ending::Alert(AlertCode::Unavailable);
         }
-        let next = tokio::select! {
-            r = session.recv() => r,
-            () = shared.shutdown.cancelled(), if !draining && !state.upload_in_progress() => continue,
+        // The device's next message, the next chunks of a download, or
+        // notices for a watch, whichever is ready first: one session
+        // carries all three (proto-spec.md §13.5).
+        let wake = {
+            let downloading = state.download.is_some();
+            let watching = state.watch.is_some() && !draining;
+            let download = &mut state.download;
+            let watch = &mut state.watch;
+            tokio::select! {
+                r = session.recv() => Wake::Message(r),
+                step = async {
+                    match download.as_mut() {
+                        Some(d) => Some(d.next().await),
+                        None => None,
+                    }
+                }, if downloading => Wake::Download(step),
+                () = async {
+                    if let Some(w) = watch.as_mut() {
+                        w.wake().await;
+                    }
+                }, if watching => Wake::Notices,
+                () = shared.shutdown.cancelled(), if !draining && !busy => Wake::Shutdown,
+            }
+        };
+        let next = match wake {
+            Wake::Message(r) => r,
+            Wake::Download(step) => {
+                if let Err(e) = send_download_step(session, &mut state, step).await {
+                    return fail(session, &e).await;
+                }
+                continue;
+            }
+            Wake::Notices => {
+                if let Err(e) = send_notices(session, &mut state, shared, draining).await {
+                    return fail(session, &e).await;
+                }
+                continue;
+            }
+            Wake::Shutdown => continue,
         };
         let msg = match next {
             Ok(m) => m,
             Err(e) => return fail(session, &e).await,
         };
         if let Message::Endd = msg {
-            if let Some(ack) = state.end()
-                && let Err(e) = session.send(&ack).await
-            {
-                return fail(session, &e).await;
+            for ack in state.end() {
+                if let Err(e) = session.feed(&ack).await {
+                    return fail(session, &e).await;
+                }
             }
             let closing =
                 session.finish_close(shared.settings.idle_timeout, shared.shutdown.cancelled());
@@ -451,16 +599,11 @@ async fn serve_session(
                 }
             };
         }
-        let cx = Context {
-            device: session.peer(),
-            store: &shared.store,
-            uploads: &shared.settings.uploads,
-            events: &shared.events,
-            draining,
-        };
+        let cx = context(session, shared, draining);
         let result = match service::dispatch(msg, &mut state, &cx).await {
             Reply::None => Ok(()),
             Reply::Send(reply) => session.send(&reply).await,
+            Reply::Many(replies) => send_all(session, &replies).await,
             Reply::Close(code, reason) => {
                 warn!(alert = %code, reason, "closing the session");
                 session.abort(code).await;
@@ -469,6 +612,89 @@ async fn serve_session(
         };
         if let Err(e) = result {
             return fail(session, &e).await;
+        }
+    }
+}
+
+/// What woke a session up.
+enum Wake {
+    /// The device's next message (or the error that ended the wait).
+    Message(Result<Message, SessionError>),
+    /// The download's next step.
+    Download(Option<service::fetch::Next>),
+    /// The watch may have notices due.
+    Notices,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// What a service may use, for `session`.
+fn context<'a>(session: &'a Session<TcpStream>, shared: &'a Shared, draining: bool) -> Context<'a> {
+    Context {
+        device: session.peer(),
+        store: &shared.store,
+        uploads: &shared.settings.uploads,
+        events: &shared.events,
+        commits: &shared.commits,
+        draining,
+    }
+}
+
+/// Feeds `messages` and flushes once.
+async fn send_all(
+    session: &mut Session<TcpStream>,
+    messages: &[Message],
+) -> Result<(), SessionError> {
+    for m in messages {
+        session.feed(m).await?;
+    }
+    session.flush().await
+}
+
+/// Sends what a download has next: data records, sealed in lockstep, or
+/// its final `ACK_`.
+async fn send_download_step(
+    session: &mut Session<TcpStream>,
+    state: &mut SessionState,
+    step: Option<service::fetch::Next>,
+) -> Result<(), SessionError> {
+    match step {
+        Some(service::fetch::Next::Data(batch)) => {
+            session
+                .feed_raw_batch(crate::frame::FrameKind::FILE, &batch)
+                .await
+        }
+        Some(service::fetch::Next::Done(ack)) => {
+            state.download = None;
+            session.send(&ack).await
+        }
+        None => Ok(()),
+    }
+}
+
+/// Sends the notices of the session's watch that are due.
+async fn send_notices(
+    session: &mut Session<TcpStream>,
+    state: &mut SessionState,
+    shared: &Shared,
+    draining: bool,
+) -> Result<(), SessionError> {
+    let Some(watch) = state.watch.as_mut() else {
+        return Ok(());
+    };
+    let notes = {
+        let cx = context(session, shared, draining);
+        watch.poll(&cx).await
+    };
+    match notes {
+        Ok(notes) if notes.is_empty() => Ok(()),
+        Ok(notes) => send_all(session, &notes).await,
+        Err(e) => {
+            warn!(error = %e, "cannot read the index for notices");
+            // The device resumes from its last notice when it reconnects.
+            Err(SessionError::Io(std::io::Error::other(
+                "the index could not be read for notices",
+            )))
         }
     }
 }

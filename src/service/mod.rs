@@ -3,7 +3,12 @@
 //! mini-redis has one file per command.
 //!
 //! * [`text`]: `SECX` texts (proto-spec.md §8.2).
-//! * [`upload`]: `IMGX` file uploads (proto-spec.md §8.3).
+//! * [`upload`]: `IMGX` file uploads (proto-spec.md §8.3, §13.3).
+//! * [`list`]: `LIST` listings (proto-spec.md §13.5).
+//! * [`fetch`]: `FTCH` verified downloads (proto-spec.md §13.5).
+//! * [`watch`]: `WTCH` notices of new files (proto-spec.md §13.5).
+//!
+//! `PING` is answered here with `PONG`.
 //!
 //! [`dispatch`] hands a decoded message of an established session to its
 //! service; the connection handling in [`crate::server`] knows no service by
@@ -12,12 +17,16 @@
 //! not know (§8.6).
 
 pub mod events;
+pub mod fetch;
+pub mod list;
 pub mod text;
 pub mod upload;
+pub mod watch;
 
 pub use events::{Ending, Event, Events};
 
-use crate::message::{Ack, AckStatus, AlertCode, Imgx, Message, StreamId};
+use crate::index::FileEntry;
+use crate::message::{Ack, AckStatus, AlertCode, FileInfo, Imgx, Message, StreamId};
 use crate::pki::VerifiedPeer;
 use crate::store::Store;
 use crate::transfer::UploadLimits;
@@ -32,6 +41,8 @@ pub struct Context<'a> {
     pub uploads: &'a UploadLimits,
     /// Where services report what they did.
     pub events: &'a Events,
+    /// The newest event id committed; watches wait on it.
+    pub commits: &'a tokio::sync::watch::Sender<u64>,
     /// The server is shutting down: no new stream is accepted.
     pub draining: bool,
 }
@@ -41,6 +52,10 @@ pub struct Context<'a> {
 pub struct SessionState {
     last_stream: Option<StreamId>,
     upload: Option<upload::Upload>,
+    /// The download in progress (version 2).
+    pub download: Option<fetch::Download>,
+    /// The watch (version 2).
+    pub watch: Option<watch::Watch>,
 }
 
 impl SessionState {
@@ -64,21 +79,41 @@ impl SessionState {
     }
 
     /// The device ends the session (`ENDD`): an upload still open is
-    /// discarded and answered `ACK_ aborted`, so every stream gets exactly
-    /// one final `ACK_` (proto-spec.md §8.4).
+    /// discarded and answered `ACK_ aborted`, a download in progress is cut
+    /// and answered `ACK_ aborted`, and a watch ends with `ACK_ ok`, so every
+    /// stream gets exactly one final `ACK_` (proto-spec.md §8.4, §13.5).
     #[must_use]
-    pub fn end(&mut self) -> Option<Message> {
-        let up = self.upload.take()?;
-        tracing::info!(
-            stream = up.stream().0,
-            name = up.name(),
-            "session ended with a file in flight; discarded"
-        );
-        Some(ack(
-            up.stream(),
-            AckStatus::Aborted,
-            "the session ended before DONE",
-        ))
+    pub fn end(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        if let Some(up) = self.upload.take() {
+            tracing::info!(
+                stream = up.stream().0,
+                name = up.name(),
+                "session ended with a file in flight; discarded"
+            );
+            out.push(ack(
+                up.stream(),
+                AckStatus::Aborted,
+                "the session ended before DONE",
+            ));
+        }
+        if let Some(down) = self.download.take() {
+            out.push(ack(
+                down.stream(),
+                AckStatus::Aborted,
+                "the session ended during the download",
+            ));
+        }
+        if let Some(w) = self.watch.take() {
+            out.push(ack(w.stream(), AckStatus::Ok, Vec::new()));
+        }
+        out
+    }
+
+    /// Whether a transfer (upload or download) is in progress.
+    #[must_use]
+    pub fn transfer_in_progress(&self) -> bool {
+        self.upload.is_some() || self.download.is_some()
     }
 }
 
@@ -89,6 +124,8 @@ pub enum Reply {
     None,
     /// A message, usually an `ACK_`.
     Send(Message),
+    /// Several messages in order (a listing).
+    Many(Vec<Message>),
     /// A fatal protocol violation or a refusal that ends the session: send
     /// this alert and close.
     Close(AlertCode, &'static str),
@@ -104,6 +141,24 @@ pub fn ack(stream: StreamId, status: AckStatus, detail: impl Into<Vec<u8>>) -> M
     })
 }
 
+/// A file as the protocol describes it (proto-spec.md §13.4).
+#[must_use]
+pub fn file_info(e: &FileEntry) -> FileInfo {
+    FileInfo {
+        id: e.id,
+        owner: e.owner.clone(),
+        name: e.name.clone(),
+        stored_as: e.stored_as.clone(),
+        kind: e.kind,
+        size: e.size,
+        content_type: e.content_type.clone(),
+        sha256: e.sha256,
+        signed_at: e.signed_at,
+        stored_at: e.stored_at_ms,
+        scope: e.scope.clone(),
+    }
+}
+
 /// The refusal of a stream whose id breaks the rules of §8.1.
 fn bad_stream(stream: StreamId, reason: &'static str) -> Reply {
     tracing::warn!(stream = stream.0, reason, "refused a stream id");
@@ -116,6 +171,9 @@ pub async fn dispatch(msg: Message, state: &mut SessionState, cx: &Context<'_>) 
     let opens = match &msg {
         Message::Secx(m) => Some(m.stream),
         Message::Imgx(Imgx::Open(o)) => Some(o.stream),
+        Message::List(m) => Some(m.stream),
+        Message::Ftch(m) => Some(m.stream),
+        Message::Wtch(m) => Some(m.stream),
         Message::Unknown {
             stream: Some(s), ..
         } => Some(*s),
@@ -135,6 +193,10 @@ pub async fn dispatch(msg: Message, state: &mut SessionState, cx: &Context<'_>) 
     match msg {
         Message::Secx(secx) => text::handle(secx, cx),
         Message::Imgx(imgx) => upload::handle(imgx, &mut state.upload, cx).await,
+        Message::List(m) => list::handle(m, cx).await,
+        Message::Ftch(m) => fetch::handle(m, &mut state.download, cx).await,
+        Message::Wtch(m) => watch::handle(m, &mut state.watch, cx).await,
+        Message::Ping(data) => Reply::Send(Message::Pong(data)),
         Message::Unknown {
             kind,
             stream: Some(stream),

@@ -3,17 +3,18 @@
 //! that signature verifies under the key of the certificate the device
 //! proved it holds.
 //!
-//! Authorisation: a device writes into its own folder only (named by its
-//! certificate), under a name the store checks and never overwrites.
+//! Authorisation: a device stores files as their owner only (named by its
+//! certificate), under a name the store checks and never reuses.
 //! A session has at most one upload open at a time.
 
 use std::io;
 use std::time::Instant;
 
 use super::{Context, Event, Reply, ack};
-use crate::message::{AckStatus, AlertCode, Imgx, ImgxOpen, StreamId};
-use crate::store::{FileRecord, Incoming, validate_file_name};
-use crate::transfer::file_digest;
+use crate::index::NewFile;
+use crate::message::{AckStatus, AlertCode, Imgx, ImgxOpen, Scope, StreamId};
+use crate::store::{Incoming, validate_file_name};
+use crate::transfer::open_digest;
 
 /// The upload a session has in progress (at most one, proto-spec.md §8.3.1).
 pub struct Upload {
@@ -100,6 +101,10 @@ pub(super) async fn handle(msg: Imgx, active: &mut Option<Upload>, cx: &Context<
     }
 }
 
+/// Largest distance between a version 2 `OPEN`'s signing time and the
+/// server's clock (proto-spec.md §13.3).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
+
 /// `OPEN`: checks the name and the limits before any content is sent.
 fn begin(open: ImgxOpen, active: &mut Option<Upload>, cx: &Context<'_>) -> Reply {
     if active.is_some() {
@@ -111,6 +116,29 @@ fn begin(open: ImgxOpen, active: &mut Option<Upload>, cx: &Context<'_>) -> Reply
     if let Err(reason) = validate_file_name(&open.name) {
         tracing::warn!(name = open.name.as_str(), reason, "refused file name");
         return Reply::Close(AlertCode::IllegalParameter, reason);
+    }
+    // Version 2: the signing time must be near the server's clock, so a
+    // downloader's check of the certificate at that time means something
+    // (proto-spec.md §13.3).
+    if let Some(sharing) = &open.sharing {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if sharing.signed_at.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
+            tracing::warn!(
+                signed_at = sharing.signed_at,
+                now,
+                "refused a file signed at a time far from the server's clock"
+            );
+            return Reply::Send(ack(
+                open.stream,
+                AckStatus::Rejected,
+                format!(
+                    "the signing time {} is more than {MAX_CLOCK_SKEW_SECS} s from the server's clock ({now}); set the device's clock",
+                    sharing.signed_at
+                ),
+            ));
+        }
     }
     let limit = cx.uploads.max_file_size;
     if open.size > limit {
@@ -170,13 +198,7 @@ async fn finish(up: Upload, signature: &[u8], cx: &Context<'_>) -> Reply {
         }
     };
     let o = &up.open;
-    let digest = file_digest(
-        o.kind,
-        received.size,
-        &o.name,
-        &o.content_type,
-        &received.content_hash,
-    );
+    let digest = open_digest(o, received.size, &received.content_hash);
     if cx
         .device
         .public_key()
@@ -197,34 +219,51 @@ async fn finish(up: Upload, signature: &[u8], cx: &Context<'_>) -> Reply {
     let sha256_hex = hex::encode(received.content_hash);
     let duration = up.started.elapsed();
     let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    let record = FileRecord {
+    let new = NewFile {
+        owner: cx.device.name().to_owned(),
+        owner_serial: cx.device.serial_hex(),
+        certificate: cx.device.cert_der().to_vec(),
         name: o.name.clone(),
-        stored_as: String::new(),
-        device: cx.device.name().to_owned(),
-        device_cert_serial: cx.device.serial_hex(),
+        kind: o.kind,
         size: received.size,
-        kind: o.kind.name().to_owned(),
         content_type: o.content_type.clone(),
-        sha256: sha256_hex.clone(),
-        file_digest: hex::encode(digest),
-        signature: hex::encode(signature),
-        received_at: now_rfc3339(),
+        sha256: received.content_hash,
+        file_digest: digest,
+        signature: signature.to_vec(),
+        // A version 1 upload signed no scope: it stays private (§13.3).
+        signed_version: if o.sharing.is_some() { 2 } else { 1 },
+        signed_at: o.sharing.as_ref().map_or(0, |s| s.signed_at),
+        scope: o
+            .sharing
+            .as_ref()
+            .map_or(Scope::Private, |s| s.scope.clone()),
         duration_ms,
     };
     let content_hash = received.content_hash;
     let size = received.size;
-    match received.commit(&o.name, record).await {
-        Ok(stored_as) => {
+    let new_scope = new.scope.clone();
+    match received.commit(new).await {
+        Ok(committed) => {
+            let stored_as = committed.stored_as;
             tracing::info!(
                 stream = stream.0,
+                id = committed.id,
+                event = committed.event_id,
                 name = o.name.as_str(),
                 stored_as = stored_as.as_str(),
                 size,
                 sha256 = sha256_hex.as_str(),
                 content_type = o.content_type.as_str(),
                 duration_ms,
+                scope = %new_scope,
                 "file stored"
             );
+            // Wake the watches: the event is in the index now.
+            cx.commits.send_if_modified(|newest| {
+                let later = committed.event_id > *newest;
+                *newest = (*newest).max(committed.event_id);
+                later
+            });
             cx.events.publish(Event::FileStored {
                 device: cx.device.name().to_owned(),
                 stream,
@@ -241,10 +280,4 @@ async fn finish(up: Upload, signature: &[u8], cx: &Context<'_>) -> Reply {
             Reply::Send(ack(stream, AckStatus::StorageError, e.detail()))
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

@@ -1,15 +1,13 @@
 //! The data folder at start-up: create it, check that it is writable, lock
-//! it against a second server, remove what interrupted transfers left
-//! behind, and count what each device stores.
+//! it against a second server, and remove what interrupted transfers left
+//! behind.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::quota::Stored;
-use super::{INCOMING, META};
+use crate::index::IndexError;
 
 /// Why the data folder cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +52,38 @@ pub enum OpenError {
         /// Why.
         source: io::Error,
     },
+    /// The index of files cannot be opened or read.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Something in a folder of the old layout (files beside their
+    /// `.meta/<name>.json` records) is not a file that can be imported.
+    #[error(
+        "cannot import {} from the old layout of the data folder: {reason}; move it out of the data folder and start again{}",
+        path.display(),
+        if *more > 0 { format!(" ({more} more such paths are in the log)") } else { String::new() }
+    )]
+    Legacy {
+        /// The first path that cannot be imported.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+        /// How many more cannot.
+        more: usize,
+    },
 }
 
-/// What start-up cleaning removed.
+/// What start-up found and did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Cleanup {
-    /// Temporary files (and anything else) found in `.incoming` folders.
+    /// Leftovers of interrupted transfers, removed: whatever `incoming/`
+    /// held, and in folders of the old layout, what their `.incoming`
+    /// held and the records of files never published.
     pub partial_files: usize,
-    /// Metadata records whose file was never published.
-    pub orphan_records: usize,
+    /// Blobs that no file refers to (a crash between storing the content
+    /// and committing the file), removed.
+    pub orphan_blobs: usize,
+    /// Files of the old layout imported into the index.
+    pub imported_files: usize,
 }
 
 pub(super) fn create_dir_private(path: &Path) -> io::Result<()> {
@@ -72,7 +93,21 @@ pub(super) fn create_dir_private(path: &Path) -> io::Result<()> {
         .create(path)
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+/// Makes the entries of the folder `path` durable.
+pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Runs blocking file-system work off the runtime.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)
+}
+
+pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
     move |source| OpenError::Io {
         path: path.to_owned(),
         source,
@@ -122,121 +157,44 @@ pub(super) fn lock(root: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// Cleans every device folder and counts what each stores.
-pub(super) fn clean_and_count(
-    root: &Path,
-) -> Result<(Cleanup, HashMap<String, Stored>), OpenError> {
-    let mut cleanup = Cleanup::default();
-    let mut usage = HashMap::new();
-    for entry in fs::read_dir(root).map_err(io_at(root))? {
-        let entry = entry.map_err(io_at(root))?;
-        let device = entry.path();
-        // Device folders only; symbolic links are not followed.
-        if !entry.file_type().map_err(io_at(&device))?.is_dir() {
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        clean_incoming(&device.join(INCOMING), &mut cleanup)?;
-        clean_records(&device, &mut cleanup)?;
-        usage.insert(name, count_files(&device)?);
-    }
-    Ok((cleanup, usage))
-}
-
-/// Empties `.incoming`, whatever it holds: files, symbolic links (never
-/// followed) and folders.
-fn clean_incoming(incoming: &Path, cleanup: &mut Cleanup) -> Result<(), OpenError> {
+/// Empties the folder of transfers in flight, whatever it holds: files,
+/// symbolic links (never followed) and folders. Returns how many entries it
+/// removed.
+pub(super) fn clean_incoming(incoming: &Path) -> Result<usize, OpenError> {
     match fs::symlink_metadata(incoming) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            // Not ours to delete; uploads of this device fail until it is
-            // moved away, and they log why.
-            tracing::warn!(path = %incoming.display(), "not a folder; this device's uploads will fail");
-            return Ok(());
+            // Not ours to delete; uploads fail until it is moved away, and
+            // they log why.
+            tracing::warn!(path = %incoming.display(), "not a folder; uploads will fail");
+            return Ok(0);
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(io_at(incoming)(e)),
     }
+    let mut removed = 0;
     for entry in fs::read_dir(incoming).map_err(io_at(incoming))? {
         let entry = entry.map_err(io_at(incoming))?;
-        let path = entry.path();
-        let is_dir = entry.file_type().map_err(io_at(&path))?.is_dir();
-        let removed = if is_dir {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match removed {
-            Ok(()) => cleanup.partial_files += 1,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_at(&path)(e)),
+        if remove_entry(&entry.path()).map_err(io_at(&entry.path()))? {
+            removed += 1;
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
-/// Removes metadata records whose file was never published.
-fn clean_records(device: &Path, cleanup: &mut Cleanup) -> Result<(), OpenError> {
-    let meta = device.join(META);
-    let records = match fs::read_dir(&meta) {
-        Ok(r) => r,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(());
-        }
-        Err(e) => return Err(io_at(&meta)(e)),
+/// Removes a file, a symbolic link (not what it points to) or a folder
+/// with its content; `false` if it was already gone.
+pub(super) fn remove_entry(path: &Path) -> io::Result<bool> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
     };
-    for entry in records {
-        let entry = entry.map_err(io_at(&meta))?;
-        let path = entry.path();
-        let file_name = entry.file_name();
-        let Some(stored) = file_name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if entry.file_type().map_err(io_at(&path))?.is_dir() {
-            continue;
-        }
-        match fs::symlink_metadata(device.join(stored)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::remove_file(&path).map_err(io_at(&path))?;
-                cleanup.orphan_records += 1;
-            }
-            Err(e) => return Err(io_at(&device.join(stored))(e)),
-        }
+    match removed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(())
-}
-
-/// Bytes and number of the regular files stored in a device folder.
-fn count_files(device: &Path) -> Result<Stored, OpenError> {
-    let mut stored = Stored::default();
-    for entry in fs::read_dir(device).map_err(io_at(device))? {
-        let entry = entry.map_err(io_at(device))?;
-        if entry.file_name().as_encoded_bytes().starts_with(b".") {
-            continue;
-        }
-        let path = entry.path();
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_at(&path)(e)),
-        };
-        if meta.is_file() {
-            stored.bytes = stored.bytes.saturating_add(meta.len());
-            stored.files += 1;
-        }
-    }
-    Ok(stored)
 }
 
 /// Bytes available to the server on the file system of `path`.

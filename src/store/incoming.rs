@@ -1,33 +1,29 @@
 //! One upload on its way to the disk: the writer thread that streams it
-//! into a temporary file in `.incoming/`, and the publish step that makes it
-//! visible once its signature verified.
+//! into a temporary file in `incoming/`, and the commit that makes it a
+//! blob and a row of the index once its signature verified.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::META;
-use super::names::{MAX_SUFFIX, candidate_name, free_suffix, split_extension, validate_file_name};
+use super::Store;
+use super::names::{MAX_SUFFIX, split_extension, validate_file_name};
 use super::quota::Reservation;
 use crate::crypto::hash::{ContentHasher, HASH_LEN};
+use crate::index::{Committed, IndexError, NewFile};
 
 /// Chunks handed to the writer thread at once: fewer wake-ups.
 const WRITE_BATCH: usize = 8;
 /// Batches queued between the session and the writer thread.
 const WRITE_QUEUE: usize = 2;
-/// Searches for a free name before giving up when concurrent uploads keep
-/// taking the name found.
-const PUBLISH_ATTEMPTS: usize = 16;
 
-/// Why a received file was not published. Nothing was.
+/// Why a received file was not committed. Nothing was.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     /// Every collision suffix up to [`MAX_SUFFIX`] is taken.
@@ -36,9 +32,12 @@ pub enum CommitError {
         /// The proposed name.
         name: String,
     },
-    /// Writing, syncing or linking failed.
+    /// Syncing or storing the content failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The index could not commit the file.
+    #[error(transparent)]
+    Index(#[from] IndexError),
 }
 
 impl CommitError {
@@ -52,7 +51,7 @@ impl CommitError {
                     "no free name: {name}, {stem} (1){ext} to {stem} ({MAX_SUFFIX}){ext} are all taken; send it under another name"
                 )
             }
-            Self::Io(_) => "the server could not store the file".to_owned(),
+            Self::Io(_) | Self::Index(_) => "the server could not store the file".to_owned(),
         }
     }
 }
@@ -81,7 +80,7 @@ pub struct Incoming {
     tx: Option<mpsc::Sender<Vec<Bytes>>>,
     writer: Option<JoinHandle<io::Result<Written>>>,
     temp: TempFile,
-    dir: PathBuf,
+    store: Store,
     reservation: Option<Reservation>,
 }
 
@@ -94,9 +93,9 @@ impl std::fmt::Debug for Incoming {
 }
 
 impl Incoming {
-    /// Starts the writer thread for `file`, a new temporary file at `temp`
-    /// in the device folder `dir`.
-    pub(super) fn start(file: File, temp: PathBuf, dir: PathBuf, reservation: Reservation) -> Self {
+    /// Starts the writer thread for `file`, a new temporary file at `temp`,
+    /// to be committed into `store`.
+    pub(super) fn start(file: File, temp: PathBuf, store: Store, reservation: Reservation) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE);
         let written: Arc<AtomicU64> = reservation.written();
         let writer = tokio::task::spawn_blocking(move || {
@@ -122,7 +121,7 @@ impl Incoming {
             tx: Some(tx),
             writer: Some(writer),
             temp: TempFile(Some(temp)),
-            dir,
+            store,
             reservation: Some(reservation),
         }
     }
@@ -178,7 +177,7 @@ impl Incoming {
             content_hash: written.content_hash,
             file: written.file,
             temp: std::mem::replace(&mut self.temp, TempFile(None)),
-            dir: self.dir.clone(),
+            store: self.store.clone(),
             reservation: self.reservation.take(),
         })
     }
@@ -193,7 +192,7 @@ pub struct Received {
     pub content_hash: [u8; HASH_LEN],
     file: File,
     temp: TempFile,
-    dir: PathBuf,
+    store: Store,
     reservation: Option<Reservation>,
 }
 
@@ -206,131 +205,76 @@ impl std::fmt::Debug for Received {
     }
 }
 
-/// The metadata record stored beside each file (`.meta/<name>.json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct FileRecord {
-    /// The name the device proposed.
-    pub name: String,
-    /// The name the file was stored under (differs after a collision).
-    pub stored_as: String,
-    /// The sender: the device name from its certificate.
-    pub device: String,
-    /// Serial number of the device certificate, hex.
-    pub device_cert_serial: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// `image` or `video`.
-    pub kind: String,
-    /// Media type declared by the device.
-    pub content_type: String,
-    /// SHA-256 of the content, hex.
-    pub sha256: String,
-    /// The signed file digest (proto-spec.md §8.3.3), hex.
-    pub file_digest: String,
-    /// The device's RSA-PSS signature over `file_digest`, hex.
-    pub signature: String,
-    /// When the transfer completed, RFC 3339, UTC.
-    pub received_at: String,
-    /// Transfer duration in milliseconds.
-    pub duration_ms: u64,
-}
-
-/// Whether `name` is taken in the device folder `dir`: by a file (of any
-/// kind) or by a metadata record (a publish in progress).
-fn taken(dir: &Path, name: &str) -> io::Result<bool> {
-    for path in [dir.join(name), dir.join(META).join(format!("{name}.json"))] {
-        match fs::symlink_metadata(&path) {
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
 impl Received {
-    /// Publishes the file under `name`, or a free `stem (N).ext`
-    /// (proto-spec.md §8.3.4), with `record` (whose `stored_as` is filled
-    /// in). The caller must have verified the signature first. Returns the
-    /// name used.
+    /// Commits the file, described by `new`: fsyncs it, puts it into the
+    /// blob store, then commits its row (and its stored name, proto-spec.md
+    /// §8.3.4) to the index. The caller must have verified the signature
+    /// first, over this content (`new.size` and `new.sha256` must be what
+    /// was received). The commit goes on even if the caller stops waiting.
     ///
     /// # Errors
-    /// [`CommitError`]; the temporary file is removed and nothing is
-    /// published.
-    pub async fn commit(self, name: &str, record: FileRecord) -> Result<String, CommitError> {
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || self.commit_blocking(&name, record))
+    /// [`CommitError`]; the temporary file and the blob are removed and
+    /// nothing is committed.
+    pub async fn commit(self, new: NewFile) -> Result<Committed, CommitError> {
+        tokio::spawn(self.commit_task(new))
             .await
             .map_err(|e| CommitError::Io(io::Error::other(e)))?
     }
 
-    fn commit_blocking(
-        mut self,
-        name: &str,
-        mut record: FileRecord,
-    ) -> Result<String, CommitError> {
-        validate_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.file.sync_all()?;
-        let temp = self
-            .temp
-            .0
-            .clone()
-            .ok_or_else(|| io::Error::other("no temporary file"))?;
-        let meta_dir = self.dir.join(META);
-        for _ in 0..PUBLISH_ATTEMPTS {
-            let Some(n) = free_suffix(|n| taken(&self.dir, &candidate_name(name, n)))? else {
-                return Err(CommitError::NoFreeName {
-                    name: name.to_owned(),
-                });
-            };
-            let candidate = candidate_name(name, n);
-            let target = self.dir.join(&candidate);
-            record.stored_as.clone_from(&candidate);
-            let meta_temp = TempFile(Some(temp.with_extension("json")));
-            let meta_temp_path = meta_temp.0.clone().unwrap_or_default();
-            {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&meta_temp_path)?;
-                serde_json::to_writer_pretty(&mut f, &record).map_err(io::Error::from)?;
-                f.write_all(b"\n")?;
-                f.sync_all()?;
-            }
-            let meta_final = meta_dir.join(format!("{candidate}.json"));
-            // Hard links fail rather than replace an existing name.
-            match fs::hard_link(&meta_temp_path, &meta_final) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e.into()),
-            }
-            if let Err(e) = fs::hard_link(&temp, &target) {
-                let _ = fs::remove_file(&meta_final);
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    continue;
-                }
-                return Err(e.into());
-            }
-            // Durable before it is reported: if the folders cannot be
-            // synced, take the file back rather than claim it is stored.
-            if let Err(e) = sync_dir(&meta_dir).and_then(|()| sync_dir(&self.dir)) {
-                let _ = fs::remove_file(&target);
-                let _ = fs::remove_file(&meta_final);
-                return Err(e.into());
-            }
-            drop(meta_temp);
-            drop(std::mem::replace(&mut self.temp, TempFile(None)));
-            let _ = fs::remove_file(&temp);
-            if let Some(reservation) = self.reservation.take() {
-                reservation.stored(self.size);
-            }
-            return Ok(candidate);
+    async fn commit_task(self, new: NewFile) -> Result<Committed, CommitError> {
+        let Self {
+            size,
+            content_hash,
+            file,
+            temp,
+            store,
+            reservation,
+        } = self;
+        if new.size != size || new.sha256 != content_hash {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the metadata does not describe the content received",
+            )
+            .into());
         }
-        Err(io::Error::other("concurrent uploads kept taking the free name found").into())
+        validate_file_name(&new.name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let blobs = store.blobs();
+        let key = tokio::task::spawn_blocking(move || {
+            let mut temp = temp;
+            // On failure, dropping `temp` removes the temporary file.
+            file.sync_all()?;
+            let path = temp
+                .0
+                .clone()
+                .ok_or_else(|| io::Error::other("no temporary file"))?;
+            let key = blobs.put(&path)?;
+            temp.0 = None;
+            Ok::<_, io::Error>(key)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        match store.index().commit_file(&new, &key).await {
+            Ok(committed) => {
+                if let Some(reservation) = reservation {
+                    reservation.stored(size);
+                }
+                Ok(committed)
+            }
+            Err(e) => {
+                // No row refers to the blob: take it back (or the next
+                // start-up will).
+                let blobs = store.blobs();
+                let deleted = tokio::task::spawn_blocking(move || blobs.delete(&key)).await;
+                match deleted.map_err(io::Error::other).and_then(|r| r) {
+                    Ok(()) => {}
+                    Err(err) => tracing::warn!(
+                        error = %err,
+                        "cannot remove the content of a file that was not committed"
+                    ),
+                }
+                Err(e)
+            }
+        }
     }
 }

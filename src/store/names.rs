@@ -2,7 +2,7 @@
 //! and the name a file gets when its own is taken (§8.3.4).
 //!
 //! A collision name is `stem (N).ext`. Finding a free `N` takes a number of
-//! probes logarithmic in the number of files of that name ([`free_suffix`]),
+//! probes logarithmic in the number of files of that name ([`FreeSuffix`]),
 //! so storing the same name over and over stays cheap.
 
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -104,42 +104,119 @@ pub fn candidate_name(name: &str, n: u32) -> String {
     format!("{}{suffix}{ext}", &stem[..end])
 }
 
-/// Finds a free suffix `n` (0 for the name itself) given `taken`, in
-/// O(log n) calls: it probes 0, 1, 2, 4, 8, … (capped at [`MAX_SUFFIX`])
-/// until one is free, then halves the gap back to the first free suffix
-/// after the last taken one. When files are only ever added, that is the
-/// smallest free suffix. `None` when [`MAX_SUFFIX`] is taken.
+/// The search for a free suffix `n` (0 for the name itself), in O(log n)
+/// probes: it probes 0, 1, 2, 4, 8, … (capped at [`MAX_SUFFIX`]) until one
+/// is free, then halves the gap back to the first free suffix after the
+/// last taken one. When files are only ever added, that is the smallest
+/// free suffix.
 ///
-/// # Errors
-/// The first error of `taken`.
-pub fn free_suffix<E>(mut taken: impl FnMut(u32) -> Result<bool, E>) -> Result<Option<u32>, E> {
-    if !taken(0)? {
-        return Ok(Some(0));
+/// The caller answers each probe, so that the answers can come from
+/// anywhere (the index answers them inside the transaction that then takes
+/// the name):
+///
+/// ```
+/// # use secured::store::FreeSuffix;
+/// let taken = [0, 1, 2];
+/// let mut search = FreeSuffix::new();
+/// while let Some(n) = search.probe() {
+///     search.answer(taken.contains(&n));
+/// }
+/// assert_eq!(search.found(), Some(3));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeSuffix {
+    state: Search,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// The name itself.
+    Start,
+    /// `lo` is taken; `hi` is probed next, doubling.
+    Doubling { lo: u32, hi: u32 },
+    /// `lo` is taken, `hi` free; their middle is probed next.
+    Halving { lo: u32, hi: u32 },
+    /// The answer: `None` when [`MAX_SUFFIX`] is taken.
+    Done(Option<u32>),
+}
+
+impl Default for FreeSuffix {
+    fn default() -> Self {
+        Self::new()
     }
-    let (mut lo, mut hi) = (0, 1);
-    while taken(hi)? {
-        if hi == MAX_SUFFIX {
-            return Ok(None);
+}
+
+impl FreeSuffix {
+    /// A search that has probed nothing yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            state: Search::Start,
         }
-        lo = hi;
-        hi = (hi * 2).min(MAX_SUFFIX);
     }
-    // taken(lo) and !taken(hi): narrow down to adjacent suffixes.
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if taken(mid)? {
-            lo = mid;
+
+    /// The suffix to probe next; `None` once the search is over.
+    #[must_use]
+    pub fn probe(&self) -> Option<u32> {
+        match self.state {
+            Search::Start => Some(0),
+            Search::Doubling { hi, .. } => Some(hi),
+            Search::Halving { lo, hi } => Some(lo + (hi - lo) / 2),
+            Search::Done(_) => None,
+        }
+    }
+
+    /// Whether the suffix [`FreeSuffix::probe`] gave is taken.
+    pub fn answer(&mut self, taken: bool) {
+        let (lo, hi) = match self.state {
+            Search::Start if taken => {
+                self.state = Search::Doubling { lo: 0, hi: 1 };
+                return;
+            }
+            Search::Start => {
+                self.state = Search::Done(Some(0));
+                return;
+            }
+            Search::Doubling { lo, hi } if !taken => (lo, hi),
+            Search::Doubling { hi, .. } if hi == MAX_SUFFIX => {
+                self.state = Search::Done(None);
+                return;
+            }
+            Search::Doubling { hi, .. } => {
+                self.state = Search::Doubling {
+                    lo: hi,
+                    hi: (hi * 2).min(MAX_SUFFIX),
+                };
+                return;
+            }
+            Search::Halving { lo, hi } => {
+                let mid = lo + (hi - lo) / 2;
+                if taken { (mid, hi) } else { (lo, mid) }
+            }
+            Search::Done(_) => return,
+        };
+        // lo is taken and hi free: done once they are adjacent.
+        self.state = if hi - lo > 1 {
+            Search::Halving { lo, hi }
         } else {
-            hi = mid;
+            Search::Done(Some(hi))
+        };
+    }
+
+    /// The free suffix found, once [`FreeSuffix::probe`] gives `None`;
+    /// `None` also when [`MAX_SUFFIX`] is taken.
+    #[must_use]
+    pub fn found(&self) -> Option<u32> {
+        match self.state {
+            Search::Done(found) => found,
+            _ => None,
         }
     }
-    Ok(Some(hi))
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::convert::Infallible;
 
     use super::*;
 
@@ -257,15 +334,16 @@ mod tests {
         assert_eq!(c, format!("{} (1).jpg", "x".repeat(192)));
     }
 
-    /// Probes of `free_suffix` over a set of taken suffixes.
+    /// What `FreeSuffix` finds over a set of taken suffixes, and in how
+    /// many probes.
     fn search(taken: &BTreeSet<u32>) -> (Option<u32>, usize) {
         let mut probes = 0;
-        let found = free_suffix(|n| {
+        let mut search = FreeSuffix::new();
+        while let Some(n) = search.probe() {
             probes += 1;
-            Ok::<_, Infallible>(taken.contains(&n))
-        })
-        .unwrap();
-        (found, probes)
+            search.answer(taken.contains(&n));
+        }
+        (search.found(), probes)
     }
 
     #[test]

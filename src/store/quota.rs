@@ -141,7 +141,7 @@ pub struct Usage {
     pub reserved_bytes: u64,
 }
 
-/// What a device stores, as counted on disk at start-up.
+/// What a device stores, as the index counts it at start-up.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stored {
     pub(super) bytes: u64,
@@ -181,7 +181,7 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    /// A ledger starting from the usage counted on disk.
+    /// A ledger starting from the usage the index counted.
     pub(super) fn new(limits: StoreLimits, stored: HashMap<String, Stored>) -> Self {
         let devices = stored
             .into_iter()

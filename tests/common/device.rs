@@ -38,6 +38,7 @@ pub fn open(stream: u32, name: &str, size: u64) -> Message {
         size,
         name: name.into(),
         content_type: "image/png".into(),
+        sharing: None,
     }))
 }
 
@@ -78,7 +79,9 @@ pub fn detail(ack: &Ack) -> String {
     String::from_utf8_lossy(&ack.detail).into_owned()
 }
 
-/// A device speaking raw messages over an established session.
+/// A device speaking raw messages over an established session of protocol
+/// version 1 (its `IMGX` messages have version 1's layout; version 2 is
+/// exercised through the device API in `tests/files.rs`).
 pub struct RawDevice {
     pub session: Session<TcpStream>,
     /// The address the server sees this device's connection from.
@@ -88,8 +91,12 @@ pub struct RawDevice {
 }
 
 impl RawDevice {
-    /// Connects and completes the handshake with `config`.
+    /// Connects and completes a version 1 handshake with `config`.
     pub async fn connect(addr: SocketAddr, config: DeviceConfig) -> Self {
+        let config = DeviceConfig {
+            versions: &[secured::message::PROTOCOL_VERSION],
+            ..config
+        };
         let stream = TcpStream::connect(addr).await.expect("connect");
         let local = stream.local_addr().expect("local address");
         let identity = config.identity.clone();

@@ -42,5 +42,6 @@ pub fn outgoing(path: &Path, name: &str, kind: MediaKind, size: u64) -> Outgoing
         kind,
         content_type: content_type.into(),
         size,
+        scope: secured::message::Scope::Private,
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use crate::common::device::{RawDevice, data, done, open};
 use crate::common::files::{outgoing, source_file};
 use crate::common::server::ending_of;
-use crate::common::store::{incoming_is_empty, stored_content, stored_files};
+use crate::common::store::{incoming_is_empty, stored, stored_content, stored_files};
 use crate::common::{next_ending, start_server_with};
 use secured::client::{ClientError, ClientSettings, DeviceClient, OutgoingFile};
 use secured::crypto::hash::sha256;
 use secured::message::{AckStatus, AlertCode, MAX_CHUNK_LEN, MediaKind};
 use secured::service::Ending;
+use secured::store::INDEX_FILE;
 use secured::testkit::pki;
 use tokio::net::TcpStream;
 
@@ -77,20 +78,20 @@ async fn files_of_every_boundary_size_round_trip_byte_for_byte() {
         assert_eq!(progressed, size as u64);
         let on_disk = stored_content(server.data(), "device-1", &name).unwrap();
         assert!(on_disk == content, "size {size}: stored bytes differ");
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(server.data().join(format!("device-1/.meta/{name}.json"))).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(meta["size"], size as u64);
-        assert_eq!(meta["device"], "device-1");
-        assert_eq!(meta["sha256"], hex::encode(sha256(&[&content])));
+        let row = stored(server.data(), "device-1")
+            .into_iter()
+            .find(|f| f.stored_as == name)
+            .unwrap();
+        assert_eq!(row.name, name);
+        assert_eq!(row.size, size as i64);
+        assert_eq!(row.sha256, sha256(&[&content]));
     }
     d.close().await.unwrap();
     assert_eq!(
         next_ending(&mut events, Duration::from_secs(5)).await,
         Some((Some("device-1".to_owned()), Ending::Clean))
     );
-    assert!(incoming_is_empty(server.data(), "device-1"));
+    assert!(incoming_is_empty(server.data()));
     server.stop().await;
 }
 
@@ -225,8 +226,13 @@ async fn every_path_traversal_name_is_refused_and_nothing_is_written() {
     s.send(&open(1, &long, 3)).await;
     s.expect_alert(AlertCode::DecodeError).await;
     assert!(stored_files(server.data(), "device-1").is_empty());
-    let all: Vec<_> = walk(server.data());
-    assert!(all.iter().all(|p| p.is_dir()), "files written: {all:?}");
+    // No file but the index (and its journal): no temporary file, no content.
+    let index = server.data().join(INDEX_FILE);
+    let written: Vec<_> = walk(server.data())
+        .into_iter()
+        .filter(|p| !p.is_dir() && !p.to_string_lossy().starts_with(&*index.to_string_lossy()))
+        .collect();
+    assert!(written.is_empty(), "files written: {written:?}");
     server.stop().await;
 }
 
@@ -271,7 +277,7 @@ async fn a_signature_by_another_key_stores_nothing() {
         Some((Some("device-1".to_owned()), Ending::Clean))
     );
     assert!(stored_files(server.data(), "device-1").is_empty());
-    assert!(incoming_is_empty(server.data(), "device-1"));
+    assert!(incoming_is_empty(server.data()));
     server.stop().await;
 }
 
@@ -289,7 +295,7 @@ async fn a_stream_cut_mid_file_stores_nothing() {
         ending_of(&mut events, local, Duration::from_secs(5)).await,
         Some((Some("device-1".to_owned()), Ending::Truncated))
     );
-    assert!(incoming_is_empty(server.data(), "device-1"));
+    assert!(incoming_is_empty(server.data()));
     assert!(stored_files(server.data(), "device-1").is_empty());
     server.stop().await;
 }
@@ -322,7 +328,7 @@ async fn wrong_sizes_are_fatal_and_store_nothing() {
     s.send(&data(1, b"orphan")).await;
     s.expect_alert(AlertCode::UnexpectedMessage).await;
     ended(&mut events, &s, Ending::Alert(AlertCode::UnexpectedMessage)).await;
-    assert!(incoming_is_empty(server.data(), "device-1"));
+    assert!(incoming_is_empty(server.data()));
     assert!(stored_files(server.data(), "device-1").is_empty());
     server.stop().await;
 }
