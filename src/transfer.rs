@@ -37,21 +37,19 @@ pub fn file_digest(
     content_type: &str,
     content_hash: &[u8; HASH_LEN],
 ) -> [u8; HASH_LEN] {
-    let len16 = |s: &str| u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes();
-    sha256(&[
+    digest_of(
         FILE_DIGEST_CONTEXT,
-        &[kind.to_u8()],
-        &size.to_be_bytes(),
-        &len16(name),
-        name.as_bytes(),
-        &len16(content_type),
-        content_type.as_bytes(),
+        kind,
+        size,
+        name,
+        content_type,
+        &[],
         content_hash,
-    ])
+    )
 }
 
-/// The version 2 digest (proto-spec.md §13.3): the version 1 fields, the
-/// signing time and the scope.
+/// The version 2 digest (proto-spec.md §13.3): the version 1 fields, then
+/// the signing time and the scope before the content hash.
 #[must_use]
 pub fn file_digest_v2(
     kind: MediaKind,
@@ -61,19 +59,41 @@ pub fn file_digest_v2(
     sharing: &Sharing,
     content_hash: &[u8; HASH_LEN],
 ) -> [u8; HASH_LEN] {
+    let mut signed = sharing.signed_at.to_be_bytes().to_vec();
+    sharing.scope.encode(&mut signed);
+    let context = FILE_DIGEST_CONTEXT_V2;
+    digest_of(
+        context,
+        kind,
+        size,
+        name,
+        content_type,
+        &signed,
+        content_hash,
+    )
+}
+
+/// SHA-256 of `context ‖ kind ‖ size ‖ name ‖ content_type ‖ extra ‖
+/// content_hash`, with the two strings length-prefixed.
+fn digest_of(
+    context: &[u8],
+    kind: MediaKind,
+    size: u64,
+    name: &str,
+    content_type: &str,
+    extra: &[u8],
+    content_hash: &[u8; HASH_LEN],
+) -> [u8; HASH_LEN] {
     let len16 = |s: &str| u16::try_from(s.len()).unwrap_or(u16::MAX).to_be_bytes();
-    let mut scope = Vec::new();
-    sharing.scope.encode(&mut scope);
     sha256(&[
-        FILE_DIGEST_CONTEXT_V2,
+        context,
         &[kind.to_u8()],
         &size.to_be_bytes(),
         &len16(name),
         name.as_bytes(),
         &len16(content_type),
         content_type.as_bytes(),
-        &sharing.signed_at.to_be_bytes(),
-        &scope,
+        extra,
         content_hash,
     ])
 }

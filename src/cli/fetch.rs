@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::CliError;
@@ -160,24 +159,6 @@ pub(super) fn destination(output: Option<PathBuf>, force: bool) -> Destination {
     }
 }
 
-fn bar(f: &FileInfo, animate: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(f.size),
-        if animate {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:20!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(f.stored_as.clone());
-    bar
-}
-
 /// The report of a verified download, as text or JSON.
 pub(super) fn report(fetched: &Fetched, json: bool) -> String {
     let f = &fetched.info;
@@ -226,7 +207,7 @@ pub(super) async fn run(resolved: &Resolved, args: FetchArgs) -> Result<(), CliE
     let files = client.list(args.from.as_deref()).await?;
     let file = pick(&files, &args.file, args.from.as_deref())?.clone();
     let animate = !args.json && std::io::stderr().is_terminal();
-    let progress = bar(&file, animate);
+    let progress = super::files::progress_bar(file.size, file.stored_as.clone(), animate);
     let fetched = client.fetch(file.id, &to, |n| progress.inc(n)).await;
     progress.finish_and_clear();
     let fetched = fetched?;

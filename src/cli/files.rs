@@ -76,9 +76,11 @@ struct Report<'a> {
     files: &'a [FileReport],
 }
 
-fn progress_bar(file: &OutgoingFile, animate: bool) -> ProgressBar {
+/// A progress bar of `size` bytes labelled `label`, drawn on standard
+/// error only when `animate`.
+pub(super) fn progress_bar(size: u64, label: String, animate: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
-        Some(file.size),
+        Some(size),
         if animate {
             ProgressDrawTarget::stderr()
         } else {
@@ -90,7 +92,7 @@ fn progress_bar(file: &OutgoingFile, animate: bool) -> ProgressBar {
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(file.name.clone());
+    bar.set_message(label);
     bar
 }
 
@@ -281,7 +283,7 @@ where
 {
     let animate = std::io::stdout().is_terminal() && !json;
     for file in files {
-        let bar = progress_bar(file, animate);
+        let bar = progress_bar(file.size, file.name.clone(), animate);
         let started = Instant::now();
         let mut sent = 0u64;
         let result = client
