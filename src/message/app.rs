@@ -198,6 +198,33 @@ impl fmt::Display for MediaKind {
     }
 }
 
+/// A UTF-8 text field with a u16 length in `1..=max`.
+pub(super) fn read_text(
+    r: &mut Reader<'_>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, DecodeError> {
+    let bytes = r.vec_u16(field, 1, max)?;
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| r.invalid(field, "not valid UTF-8"))
+}
+
+/// A media type: 1..127 bytes of 0x21..0x7E.
+pub(super) fn read_content_type(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let ct = r.vec_u16("content_type", 1, MAX_CONTENT_TYPE_LEN)?;
+    if !ct.iter().all(u8::is_ascii_graphic) {
+        return Err(r.invalid("content_type", "not printable ASCII"));
+    }
+    Ok(String::from_utf8_lossy(ct).into_owned())
+}
+
+/// A [`MediaKind`]; values this version does not define do not decode.
+pub(super) fn read_kind(r: &mut Reader<'_>) -> Result<MediaKind, DecodeError> {
+    MediaKind::from_u8(r.u8("kind")?)
+        .ok_or_else(|| r.invalid("kind", "must be 1 (image), 2 (video) or 3 (file)"))
+}
+
 /// The first message of an `IMGX` stream: what is coming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImgxOpen {
@@ -297,18 +324,10 @@ impl Imgx {
         let stream = StreamId(r.u32("stream")?);
         let msg = match r.u8("op")? {
             1 => {
-                let kind = MediaKind::from_u8(r.u8("kind")?)
-                    .ok_or_else(|| r.invalid("kind", "must be 1 (image), 2 (video) or 3 (file)"))?;
+                let kind = read_kind(&mut r)?;
                 let size = r.u64("size")?;
-                let name = r.vec_u16("name", 1, MAX_FILE_NAME_LEN)?;
-                let name = std::str::from_utf8(name)
-                    .map_err(|_| r.invalid("name", "not valid UTF-8"))?
-                    .to_owned();
-                let ct = r.vec_u16("content_type", 1, MAX_CONTENT_TYPE_LEN)?;
-                if !ct.iter().all(|b| b.is_ascii_graphic()) {
-                    return Err(r.invalid("content_type", "not printable ASCII"));
-                }
-                let content_type = String::from_utf8_lossy(ct).into_owned();
+                let name = read_text(&mut r, "name", MAX_FILE_NAME_LEN)?;
+                let content_type = read_content_type(&mut r)?;
                 let sharing = if version >= 2 {
                     let signed_at = r.u64("signed_at")?;
                     let scope = super::Scope::read(&mut r)?;

@@ -5,7 +5,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::DecodeError;
-use super::app::{MAX_CHUNK_LEN, MAX_CONTENT_TYPE_LEN, MAX_FILE_NAME_LEN, MediaKind, StreamId};
+use super::app::{
+    MAX_CHUNK_LEN, MAX_FILE_NAME_LEN, MediaKind, StreamId, read_content_type, read_kind, read_text,
+};
 use super::codec::{Reader, put_vec_u16};
 use super::handshake::MAX_CERT_LEN;
 use super::scope::{MAX_DEVICE_NAME_LEN, Scope, read_device_name};
@@ -41,13 +43,6 @@ pub struct FileInfo {
     pub scope: Scope,
 }
 
-fn read_text(r: &mut Reader<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
-    let bytes = r.vec_u16(field, 1, max)?;
-    std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .map_err(|_| r.invalid(field, "not valid UTF-8"))
-}
-
 /// A file name field: UTF-8 within bounds and the rules of §8.3.2.
 fn read_file_name(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
     let name = read_text(r, field, MAX_FILE_NAME_LEN)?;
@@ -55,20 +50,6 @@ fn read_file_name(r: &mut Reader<'_>, field: &'static str) -> Result<String, Dec
         return Err(r.invalid(field, "breaks the file name rules"));
     }
     Ok(name)
-}
-
-/// A media type: 1..127 bytes of 0x21..0x7E.
-pub(crate) fn read_content_type(r: &mut Reader<'_>) -> Result<String, DecodeError> {
-    let ct = r.vec_u16("content_type", 1, MAX_CONTENT_TYPE_LEN)?;
-    if !ct.iter().all(u8::is_ascii_graphic) {
-        return Err(r.invalid("content_type", "not printable ASCII"));
-    }
-    Ok(String::from_utf8_lossy(ct).into_owned())
-}
-
-pub(crate) fn read_kind(r: &mut Reader<'_>) -> Result<MediaKind, DecodeError> {
-    MediaKind::from_u8(r.u8("kind")?)
-        .ok_or_else(|| r.invalid("kind", "must be 1 (image), 2 (video) or 3 (file)"))
 }
 
 impl FileInfo {
