@@ -15,6 +15,10 @@
 //! key = "keys/server.key"
 //! ca = "certs/ca.pem"
 //! data_dir = "data"
+//! issuing_cert = "certs/issuing-ca.pem"  # enrollment and renewal, with...
+//! issuing_key = "keys/issuing-ca.key"    # ...its key (the root's stays offline)
+//! crl = "certs/crl.pem"
+//! device_cert_days = 30
 //! handshake_timeout_secs = 10
 //! hello_timeout_secs = 3          # for the first frame of a connection
 //! idle_timeout_secs = 300         # also bounds every write to a device
@@ -99,6 +103,14 @@ pub struct ServerSection {
     pub ca: Option<PathBuf>,
     /// Data folder.
     pub data_dir: Option<PathBuf>,
+    /// Issuing CA certificate (enrollment and renewal).
+    pub issuing_cert: Option<PathBuf>,
+    /// Issuing CA private key.
+    pub issuing_key: Option<PathBuf>,
+    /// Certificate revocation list.
+    pub crl: Option<PathBuf>,
+    /// Validity of the device certificates the server issues, in days.
+    pub device_cert_days: Option<u32>,
     /// Handshake limit in seconds.
     pub handshake_timeout_secs: Option<u64>,
     /// Limit for the first frame of a connection, in seconds.
@@ -149,6 +161,9 @@ pub struct DeviceSection {
     pub key: Option<PathBuf>,
     /// CA certificate that issues the server certificate.
     pub ca: Option<PathBuf>,
+    /// The CRL of the CA that issued the server's certificate: a revoked
+    /// server is refused.
+    pub crl: Option<PathBuf>,
     /// Who may see files sent without `--share`: `private` (the default),
     /// `everyone`, or device names separated by commas.
     pub share: Option<String>,
@@ -219,6 +234,10 @@ impl FileConfig {
         fix(&mut self.server.key);
         fix(&mut self.server.ca);
         fix(&mut self.server.data_dir);
+        fix(&mut self.server.issuing_cert);
+        fix(&mut self.server.issuing_key);
+        fix(&mut self.server.crl);
+        fix(&mut self.device.crl);
         fix(&mut self.device.cert);
         fix(&mut self.device.key);
         fix(&mut self.device.ca);

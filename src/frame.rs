@@ -61,6 +61,14 @@ impl FrameKind {
     pub const PING: Self = Self(*b"PING");
     /// Heartbeat answer (version 2).
     pub const PONG: Self = Self(*b"PONG");
+    /// Enrollment request with a token proof (version 3).
+    pub const ENRQ: Self = Self(*b"ENRQ");
+    /// Renewal request (version 3).
+    pub const RNEW: Self = Self(*b"RNEW");
+    /// An issued certificate and its chain (version 3).
+    pub const CERT: Self = Self(*b"CERT");
+    /// The frame types version 3 adds.
+    pub const VERSION_3: [Self; 3] = [Self::ENRQ, Self::RNEW, Self::CERT];
     /// The frame types version 2 adds.
     pub const VERSION_2: [Self; 8] = [
         Self::LIST,

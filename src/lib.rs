@@ -18,6 +18,7 @@ pub mod message;
 pub mod net;
 pub mod pki;
 pub mod record;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -33,10 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Frame, FrameCodec, FrameError, FrameKind};
 use crate::handshake::{
-    DeviceConfig, DeviceStart, Established, ExpectDeviceHelo, HandshakeError, ServerConfig,
+    AfterHelo, DeviceConfig, DeviceStart, EnrollConfig, EnrollStart, Established, ExpectDeviceHelo,
+    ExpectServerHelo, HandshakeError, ServerConfig,
 };
 use crate::message::{AlertCode, DecodeError, Message, StreamId};
-use crate::pki::{CertifiedPeer, Role, VerifiedPeer};
+use crate::pki::{CertifiedPeer, ProvenRequest, Role, VerifiedPeer};
 use crate::record::{RecordError, RecordReader, RecordWriter};
 
 /// Default limit for a whole handshake.
@@ -108,6 +109,12 @@ pub enum Progress<'a> {
     Proven {
         /// The device.
         device: &'a VerifiedPeer,
+    },
+    /// A device enrolling with a request for `name` (only claimed: the
+    /// token proves what it may have).
+    Enrolling {
+        /// The device name requested.
+        name: &'a str,
     },
 }
 
@@ -217,12 +224,58 @@ impl SessionError {
     }
 }
 
+/// The peer of a session: a verified device or server, or (on the server)
+/// a device enrolling with a request whose key it proved.
+pub trait SessionPeer {
+    /// When the peer's credential stops being valid: the session ends then
+    /// (proto-spec.md §8.7).
+    fn valid_until(&self) -> SystemTime;
+    /// Whether the peer is on the device side of the protocol.
+    fn is_device(&self) -> bool;
+}
+
+impl SessionPeer for VerifiedPeer {
+    fn valid_until(&self) -> SystemTime {
+        self.not_after()
+    }
+
+    fn is_device(&self) -> bool {
+        self.role() == Role::Device
+    }
+}
+
+/// Longest an enrollment session may last: one request and its answer
+/// (proto-spec.md §14.3).
+pub const ENROLLMENT_SESSION_LIMIT: Duration = Duration::from_secs(60);
+
+impl SessionPeer for ProvenRequest {
+    fn valid_until(&self) -> SystemTime {
+        SystemTime::now() + ENROLLMENT_SESSION_LIMIT
+    }
+
+    fn is_device(&self) -> bool {
+        true
+    }
+}
+
+/// What the server's handshake established: a device with a certificate,
+/// or a device enrolling for one, which only the enrollment service may
+/// serve (the types keep it away from every other service).
+pub enum Accepted<S> {
+    /// A device with a verified certificate.
+    Device(Session<S>),
+    /// A device that proved the key of its certificate request.
+    Enrollee(Session<S, ProvenRequest>),
+}
+
 /// An established session.
-pub struct Session<S> {
+pub struct Session<S, P = VerifiedPeer> {
     framed: Framed<S, FrameCodec>,
     writer: RecordWriter,
     reader: RecordReader,
-    peer: VerifiedPeer,
+    peer: P,
+    /// The handshake's transcript hash (proto-spec.md §5.5).
+    transcript_hash: [u8; 32],
     scratch: Vec<u8>,
     limits: IoLimits,
     stop: CancellationToken,
@@ -333,12 +386,12 @@ where
 /// Runs `steps` over a new framed transport within `timeout`, unless
 /// `interrupt` completes first; on failure sends the error's alert in
 /// plaintext (keys are not confirmed yet) and closes.
-async fn handshake<S>(
+async fn handshake<S, T>(
     io: S,
     timeout: Duration,
     interrupt: impl Future<Output = ()>,
-    steps: impl AsyncFnOnce(&mut Framed<S, FrameCodec>) -> Result<Established, SessionError>,
-) -> Result<Session<S>, SessionError>
+    steps: impl AsyncFnOnce(&mut Framed<S, FrameCodec>) -> Result<T, SessionError>,
+) -> Result<(Framed<S, FrameCodec>, T), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -355,7 +408,7 @@ where
         () = interrupt => Err(SessionError::Stopped),
     };
     match result {
-        Ok(est) => Ok(Session::new(framed, est, IoLimits::uniform(timeout))),
+        Ok(est) => Ok((framed, est)),
         Err(e) => {
             if let Some(code) = e.alert() {
                 send_plain_alert(&mut framed, code).await;
@@ -381,8 +434,32 @@ where
         config: DeviceConfig,
         timeout: Duration,
     ) -> Result<Self, SessionError> {
-        handshake(io, timeout, std::future::pending(), async |framed| {
-            let (state, helo) = DeviceStart::new(config).start()?;
+        let start = DeviceStart::new(config).start();
+        Self::connect_from(io, start, timeout).await
+    }
+
+    /// Runs an enrolling device's handshake over `io` (proto-spec.md
+    /// §14.2): the server is authenticated against the pinned root, the
+    /// device proves the key of its request.
+    ///
+    /// # Errors
+    /// As [`Session::connect`].
+    pub async fn connect_enroll(
+        io: S,
+        config: EnrollConfig,
+        timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let start = EnrollStart::new(config).start();
+        Self::connect_from(io, start, timeout).await
+    }
+
+    async fn connect_from(
+        io: S,
+        start: Result<(ExpectServerHelo, Frame), HandshakeError>,
+        timeout: Duration,
+    ) -> Result<Self, SessionError> {
+        let (framed, est) = handshake(io, timeout, std::future::pending(), async |framed| {
+            let (state, helo) = start?;
             framed.send(helo).await?;
             let frame = server_first_frame(framed).await?;
             let (state, frames) = state.handle(frame, SystemTime::now())?;
@@ -393,14 +470,19 @@ where
             let frame = next_frame(framed, "the server FINI").await?;
             Ok(state.handle(frame)?)
         })
-        .await
+        .await?;
+        Ok(Session::new(framed, est, IoLimits::uniform(timeout)))
     }
 
-    /// Runs the server side of the handshake over `io` within `limits`.
-    /// `progress` hears of each step as it happens (to name the claimed
-    /// device in logs, and to stop counting a proven device as a possible
-    /// flood). If `interrupt` completes first, the device is told
-    /// `ALRT unavailable` and [`SessionError::Stopped`] is returned.
+    /// Runs the server side of the handshake over `io` within `limits`,
+    /// for a device with a certificate; an enrolling device is refused
+    /// (see [`Session::accept_any`]). `progress` hears of each step as it
+    /// happens (to name the claimed device in logs, to stop counting a
+    /// proven device as a possible flood, and to refuse a revoked
+    /// certificate before any private-key operation: an error it returns
+    /// ends the handshake with that error's alert). If `interrupt` completes first,
+    /// the device is told `ALRT unavailable` and [`SessionError::Stopped`]
+    /// is returned.
     ///
     /// # Errors
     /// Any [`SessionError`]; on failure an alert has been sent when one applies.
@@ -409,40 +491,103 @@ where
         config: ServerConfig,
         limits: AcceptLimits,
         interrupt: impl Future<Output = ()>,
-        mut progress: impl FnMut(Progress<'_>),
+        progress: impl FnMut(Progress<'_>) -> Result<(), HandshakeError>,
     ) -> Result<Self, SessionError> {
-        handshake(io, limits.handshake, interrupt, async |framed| {
+        match Self::accept_with(io, config, limits, interrupt, progress, false).await? {
+            Accepted::Device(session) => Ok(session),
+            Accepted::Enrollee(_) => Err(SessionError::Handshake(HandshakeError::WrongRole)),
+        }
+    }
+
+    /// As [`Session::accept`], and also accepts a device that enrolls
+    /// with a certificate request (proto-spec.md §14.2).
+    ///
+    /// # Errors
+    /// As [`Session::accept`].
+    pub async fn accept_any(
+        io: S,
+        config: ServerConfig,
+        limits: AcceptLimits,
+        interrupt: impl Future<Output = ()>,
+        progress: impl FnMut(Progress<'_>) -> Result<(), HandshakeError>,
+    ) -> Result<Accepted<S>, SessionError> {
+        Self::accept_with(io, config, limits, interrupt, progress, true).await
+    }
+
+    async fn accept_with(
+        io: S,
+        config: ServerConfig,
+        limits: AcceptLimits,
+        interrupt: impl Future<Output = ()>,
+        mut progress: impl FnMut(Progress<'_>) -> Result<(), HandshakeError>,
+        enrollment: bool,
+    ) -> Result<Accepted<S>, SessionError> {
+        let (framed, est) = handshake(io, limits.handshake, interrupt, async |framed| {
             let frame = tokio::time::timeout(limits.hello, next_frame(framed, "the device HELO"))
                 .await
                 .map_err(|_| SessionError::Timeout {
                     after: limits.hello,
                     waiting_for: "the device's HELO",
                 })??;
-            let (state, reply) = ExpectDeviceHelo::new(config).handle(frame, SystemTime::now())?;
-            progress(Progress::Hello {
-                claimed: state.claimed(),
-            });
-            framed.send(reply).await?;
-            let frame = next_frame(framed, "the device PREM").await?;
-            let state = state.handle(frame)?;
-            progress(Progress::Proven {
-                device: state.device(),
-            });
-            let frame = next_frame(framed, "the device FINI").await?;
-            let (est, fini) = state.handle(frame)?;
-            framed.send(fini).await?;
-            Ok(est)
+            let (state, reply) =
+                ExpectDeviceHelo::new(config).handle_any(frame, SystemTime::now(), enrollment)?;
+            match state {
+                AfterHelo::Device(state) => {
+                    progress(Progress::Hello {
+                        claimed: state.claimed(),
+                    })?;
+                    framed.send(reply).await?;
+                    let frame = next_frame(framed, "the device PREM").await?;
+                    let state = state.handle(frame)?;
+                    progress(Progress::Proven {
+                        device: state.device(),
+                    })?;
+                    let frame = next_frame(framed, "the device FINI").await?;
+                    let (est, fini) = state.handle(frame)?;
+                    framed.send(fini).await?;
+                    Ok(Either::Device(est))
+                }
+                AfterHelo::Enrollee(state) => {
+                    progress(Progress::Enrolling {
+                        name: state.claimed().name(),
+                    })?;
+                    framed.send(reply).await?;
+                    let frame = next_frame(framed, "the device PREM").await?;
+                    let state = state.handle(frame)?;
+                    let frame = next_frame(framed, "the device FINI").await?;
+                    let (est, fini) = state.handle(frame)?;
+                    framed.send(fini).await?;
+                    Ok(Either::Enrollee(est))
+                }
+            }
         })
-        .await
+        .await?;
+        let limits = IoLimits::uniform(limits.handshake);
+        Ok(match est {
+            Either::Device(est) => Accepted::Device(Session::new(framed, est, limits)),
+            Either::Enrollee(est) => Accepted::Enrollee(Session::new(framed, est, limits)),
+        })
     }
+}
 
-    fn new(framed: Framed<S, FrameCodec>, est: Established, limits: IoLimits) -> Self {
+/// The two outcomes of the server's handshake, before they become sessions.
+enum Either {
+    Device(Established),
+    Enrollee(Established<ProvenRequest>),
+}
+
+impl<S, P> Session<S, P>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: SessionPeer,
+{
+    fn new(framed: Framed<S, FrameCodec>, est: Established<P>, limits: IoLimits) -> Self {
         // A certificate valid for longer than this is treated as valid for
         // the session's whole life.
         const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
         let left = est
             .peer
-            .not_after()
+            .valid_until()
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
             .min(FAR);
@@ -451,6 +596,7 @@ where
             writer: est.writer,
             reader: est.reader,
             peer: est.peer,
+            transcript_hash: est.transcript_hash,
             scratch: Vec::with_capacity(1024),
             limits,
             stop: CancellationToken::new(),
@@ -481,8 +627,14 @@ where
 
     /// The verified peer.
     #[must_use]
-    pub fn peer(&self) -> &VerifiedPeer {
+    pub fn peer(&self) -> &P {
         &self.peer
+    }
+
+    /// The handshake's transcript hash `th` (proto-spec.md §5.5).
+    #[must_use]
+    pub fn transcript_hash(&self) -> &[u8; 32] {
+        &self.transcript_hash
     }
 
     /// The negotiated protocol version.
@@ -545,10 +697,10 @@ where
     ///
     /// # Errors
     /// As [`Session::feed`].
-    pub async fn feed_raw_batch<P: AsRef<[u8]>>(
+    pub async fn feed_raw_batch<B: AsRef<[u8]>>(
         &mut self,
         kind: FrameKind,
-        plaintexts: &[P],
+        plaintexts: &[B],
     ) -> Result<(), SessionError> {
         self.check_writable()?;
         let batch = self.writer.seal_batch(kind, plaintexts)?;
@@ -654,13 +806,14 @@ where
         // never come after the handshake, and a device never answers a
         // stream in version 1, since the server opens none.
         // In version 2 the same holds for the server's answers (§13.6).
-        let from_device = self.peer.role() == Role::Device;
+        let from_device = self.peer.is_device();
         let server_only = kind == FrameKind::ACK
             || (self.version >= 2
                 && matches!(
                     kind,
                     FrameKind::ENTR | FrameKind::FILE | FrameKind::NOTE | FrameKind::PONG
-                ));
+                ))
+            || (self.version >= 3 && kind == FrameKind::CERT);
         if matches!(kind, FrameKind::HELO | FrameKind::PREM | FrameKind::FINI)
             || (from_device && server_only)
         {

@@ -36,6 +36,7 @@ fn settings() -> ClientSettings {
         handshake_timeout: Duration::from_millis(1500),
         reply_timeout: Duration::from_millis(1500),
         busy_retry_for: Duration::ZERO,
+        ..ClientSettings::default()
     }
 }
 

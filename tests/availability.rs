@@ -170,7 +170,7 @@ async fn a_device_stops_waiting_for_a_server_that_never_reads() {
             pki().server_config(),
             AcceptLimits::default(),
             std::future::pending(),
-            |_| {},
+            |_| Ok(()),
         )
         .await
         .unwrap();

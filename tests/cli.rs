@@ -52,7 +52,14 @@ fn openssl_accepts_the_certificates() {
     for leaf in ["certs/server.pem", "certs/device-1.pem"] {
         let out = Command::new("openssl")
             .current_dir(dir)
-            .args(["verify", "-CAfile", "certs/ca.pem", leaf])
+            .args([
+                "verify",
+                "-CAfile",
+                "certs/ca.pem",
+                "-untrusted",
+                "certs/issuing-ca.pem",
+                leaf,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{leaf}: {}", stderr(&out));
@@ -188,14 +195,18 @@ fn a_private_key_readable_by_others_is_refused() {
             "`chmod 600 keys/server.key`",
         ],
     );
-    chmod("keys/ca.key", 0o604);
+    chmod("keys/issuing-ca.key", 0o604);
     let out = secured(
         dir.path(),
         &["pki", "issue", "--role", "device", "--name", "device-3"],
     );
     assert_one_sentence_error(
         &out,
-        &["keys/ca.key", "(mode 0604)", "`chmod 600 keys/ca.key`"],
+        &[
+            "keys/issuing-ca.key",
+            "(mode 0604)",
+            "`chmod 600 keys/issuing-ca.key`",
+        ],
     );
     assert!(!dir.path().join("certs/device-3.pem").exists());
 }

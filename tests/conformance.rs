@@ -695,7 +695,7 @@ async fn helo_decode() {
     );
     expect("helo-decode", &answer_to_first(&server, twice).await);
     let mut bad_role = device_helo();
-    bad_role.body[0] = 3;
+    bad_role.body[0] = 4;
     expect("helo-decode", &answer_to_first(&server, bad_role).await);
     server.stop().await;
 }
@@ -718,7 +718,7 @@ async fn version_server() {
     let server = start_server().await;
     let v2 = helo(
         HeloRole::Device,
-        vec![3, 4],
+        vec![4, 5],
         &pki().device.cert_der,
         Vec::new(),
     );

@@ -149,9 +149,9 @@ async fn a_version_1_device_keeps_working() {
         Err(ClientError::NeedsVersion2 { .. })
     ));
     old.close().await.unwrap();
-    // The owner, on version 2, fetches its version 1 upload.
+    // The owner, on the newest version, fetches its version 1 upload.
     let mut new = connect(server.addr, named("old")).await;
-    assert_eq!(new.version(), 2);
+    assert_eq!(new.version(), 3);
     let files = new.list(None).await.unwrap();
     let out = tempfile::tempdir().unwrap();
     let got = new
@@ -434,7 +434,7 @@ async fn raw_v2(addr: std::net::SocketAddr, name: &str) -> secured::session::Ses
     let session = secured::session::Session::connect(stream, named(name), Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(session.version(), 2);
+    assert_eq!(session.version(), 3);
     session
 }
 

@@ -483,6 +483,9 @@ async fn a_failed_publish_leaves_nothing_and_the_session_goes_on() {
 #[test]
 fn the_binary_refuses_a_data_folder_in_use_or_unusable_in_one_sentence() {
     let dir = workdir();
+    // Deployed as it should be: the root's key is offline (else `serve`
+    // warns about it first).
+    std::fs::remove_file(dir.path().join("keys/ca.key")).unwrap();
     let first = ServerProcess::start(dir.path());
     let partial = incoming_dir(&dir.path().join("data")).join("in-flight.part");
     std::fs::write(&partial, b"someone else's upload").unwrap();

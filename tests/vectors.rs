@@ -622,7 +622,7 @@ fn version_2(vs: &Vectors) {
         let mut real = (*head).clone();
         real.certificate = FUZZ_PKI.device.to_vec();
         let anchor = TrustAnchor::from_der(FUZZ_PKI.ca, provider).unwrap();
-        let signer = secured::client::verify_head(&real, &anchor, "device-2").unwrap();
+        let signer = secured::client::verify_head(&real, &anchor, &[], "device-2").unwrap();
         secured::client::verify_content(&real, &signer, content.len() as u64, &content_hash)
             .unwrap_or_else(|e| {
                 panic!(
@@ -631,7 +631,7 @@ fn version_2(vs: &Vectors) {
                 )
             });
         // Not in the signed scope: refused.
-        assert!(secured::client::verify_head(&real, &anchor, "device-3").is_err());
+        assert!(secured::client::verify_head(&real, &anchor, &[], "device-3").is_err());
     }
     let data = Message::File(FileMsg::Data {
         stream: StreamId(7),
@@ -664,6 +664,96 @@ fn version_2(vs: &Vectors) {
     let ping = Message::Ping(0x0102_0304_0506_0708);
     vs.check("v2_ping_plaintext", &ping.to_body());
     decodes_in(2, FrameKind::PING, vs.get("v2_ping_plaintext"), &ping);
+}
+
+/// §14.8: the enrollment token, its key and proof, and the version 3
+/// messages.
+fn version_3(vs: &Vectors) {
+    use secured::crypto::token::{enroll_proof, token_key};
+    use secured::message::{CertMsg, Enrq, Rnew, chain_extension};
+    use secured::pki::EnrollmentToken;
+
+    let id: [u8; 16] = std::array::from_fn(|i| i as u8);
+    let secret: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let root = [0x30, 0x03, 0x02, 0x01, 0x07];
+    let fingerprint = sha256(&[&root]);
+    vs.check("v3_root_fingerprint", &fingerprint);
+    let token = EnrollmentToken {
+        id,
+        secret: zeroize::Zeroizing::new(secret),
+        root_fingerprint: fingerprint,
+        name: "cam-7".to_owned(),
+    };
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&id);
+    raw.extend_from_slice(&secret);
+    raw.extend_from_slice(&fingerprint);
+    raw.extend_from_slice(b"cam-7");
+    vs.check("v3_token_bytes", &raw);
+    let spec = include_str!("../proto-spec.md");
+    let text_line = spec
+        .lines()
+        .find(|l| l.starts_with("st1.A"))
+        .expect("the spec shows the token's text");
+    assert_eq!(token.to_text().as_str(), text_line);
+    let parsed = EnrollmentToken::parse(text_line).unwrap();
+    assert_eq!(
+        (parsed.id, *parsed.secret, parsed.name.as_str()),
+        (id, secret, "cam-7")
+    );
+
+    let key = token_key(&secret);
+    vs.check("v3_token_key", key.as_ref());
+    let th: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    let request = [0x30, 0x03, 0x02, 0x01, 0x09];
+    let proof = enroll_proof(&key, &th, &request);
+    vs.check("v3_enroll_proof", &proof);
+
+    let enrq = Message::Enrq(Enrq {
+        stream: StreamId(1),
+        token_id: id,
+        proof,
+    });
+    vs.check("v3_enrq_plaintext", &enrq.to_body());
+    decodes_in(3, FrameKind::ENRQ, vs.get("v3_enrq_plaintext"), &enrq);
+    let rnew = Message::Rnew(Rnew {
+        stream: StreamId(3),
+        request: request.to_vec(),
+    });
+    vs.check("v3_rnew_plaintext", &rnew.to_body());
+    decodes_in(3, FrameKind::RNEW, vs.get("v3_rnew_plaintext"), &rnew);
+    let issuing = vec![0x30, 0x03, 0x02, 0x01, 0x0a];
+    let cert = Message::Cert(CertMsg {
+        stream: StreamId(1),
+        certificate: vec![0x30, 0x03, 0x02, 0x01, 0x08],
+        chain: vec![issuing.clone(), root.to_vec()],
+    });
+    vs.check("v3_cert_plaintext", &cert.to_body());
+    decodes_in(3, FrameKind::CERT, vs.get("v3_cert_plaintext"), &cert);
+    // Version 2 sessions do not know the version 3 types.
+    assert!(matches!(
+        Message::decode_in(2, FrameKind::CERT, vs.get("v3_cert_plaintext")).unwrap(),
+        Message::Unknown { .. }
+    ));
+
+    let ext = chain_extension(std::slice::from_ref(&issuing)).unwrap();
+    let mut block = ext.kind.to_be_bytes().to_vec();
+    block.extend_from_slice(&(ext.data.len() as u16).to_be_bytes());
+    block.extend_from_slice(&ext.data);
+    vs.check("v3_chain_extensions", &block);
+    let helo = Helo {
+        role: HeloRole::Device,
+        versions: vec![3],
+        nonce: [0; 32],
+        cert_der: vec![0x30, 0x03, 0x02, 0x01, 0x08],
+        extensions: vec![ext],
+    };
+    assert_eq!(helo.chain().unwrap(), vec![issuing]);
+}
+
+#[test]
+fn version_3_matches_the_spec() {
+    version_3(&Vectors::from_spec());
 }
 
 #[test]
@@ -708,6 +798,7 @@ fn every_vector_is_checked() {
     file_stream(&vs);
     encodings(&vs);
     version_2(&vs);
+    version_3(&vs);
     handshake(&vs, secured::crypto::default_provider());
     let unread: Vec<&String> = vs
         .values

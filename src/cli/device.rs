@@ -48,13 +48,13 @@ pub(super) struct DeviceArgs {
 pub(super) struct ConnArgs {
     /// Server address, host:port [default: 127.0.0.1:7443].
     #[arg(long, global = true, value_name = "ADDR")]
-    server: Option<String>,
+    pub(super) server: Option<String>,
     /// Name the server's certificate must carry [default: the host part of --server].
     #[arg(long, global = true, value_name = "NAME")]
-    server_name: Option<String>,
+    pub(super) server_name: Option<String>,
     /// Device name: selects certs/NAME.pem and keys/NAME.key [default: device-1].
     #[arg(long, global = true, value_name = "NAME")]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     /// Device certificate (PEM); overrides the one --name selects [default: certs/NAME.pem].
     #[arg(long, global = true, value_name = "FILE")]
     cert: Option<PathBuf>,
@@ -62,9 +62,13 @@ pub(super) struct ConnArgs {
     /// selects [default: keys/NAME.key].
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// CA certificate that issued the server's certificate [default: certs/ca.pem].
+    /// Root CA certificate the server's certificate must chain to [default: certs/ca.pem].
     #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// CRL of the CA that issued the server's certificate: a revoked
+    /// server is refused [default: none].
+    #[arg(long, global = true, value_name = "FILE")]
+    crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +116,24 @@ enum Action {
     /// Stay connected and report every new file this device may see.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(super::watch::WatchArgs),
+    /// Get this device's first certificate with a one-time token from the
+    /// server's operator; the key is made here and never leaves.
+    #[command(after_help = ENROLL_EXAMPLES)]
+    Enroll(super::enroll::EnrollArgs),
+    /// Get a new certificate before the current one expires.
+    #[command(after_help = RENEW_EXAMPLES)]
+    Renew(super::enroll::RenewArgs),
 }
+
+const ENROLL_EXAMPLES: &str = "\
+Examples:
+  secured device enroll --server server.example.net:7443 --token st1.…
+  secured admin token --name cam-7 | secured device enroll --server 127.0.0.1:7443 --token -";
+
+const RENEW_EXAMPLES: &str = "\
+Examples:
+  secured device renew                 # same key, new certificate
+  secured device --name cam-7 renew --new-key";
 
 const LIST_EXAMPLES: &str = "\
 Examples:
@@ -147,6 +168,33 @@ enum KindArg {
 pub(super) struct Resolved {
     pub(super) addr: String,
     pub(super) config: DeviceConfig,
+    pub(super) cert_path: PathBuf,
+    pub(super) key_path: PathBuf,
+    pub(super) ca_path: PathBuf,
+    /// The CRL that the server's certificate is checked against, if any.
+    pub(super) server_crl: Option<Arc<crate::pki::crl::VerifiedCrl>>,
+}
+
+impl Resolved {
+    /// Loads the certificate and key again (after a renewal).
+    pub(super) fn reload(&mut self) -> Result<(), CliError> {
+        self.config = load_device_config(
+            &self.cert_path,
+            &self.key_path,
+            &self.ca_path,
+            self.config.server_name.clone(),
+        )?;
+        Ok(())
+    }
+
+    /// The client settings for this device: default limits, and the
+    /// server CRL when one was given.
+    pub(super) fn settings(&self) -> ClientSettings {
+        ClientSettings {
+            server_crl: self.server_crl.clone(),
+            ..ClientSettings::default()
+        }
+    }
 }
 
 /// Checks a file before connecting and fills in its metadata.
@@ -233,7 +281,7 @@ fn resolve_kind(
 }
 
 /// The host part of `host:port` or `[v6]:port`.
-fn host_of(addr: &str) -> &str {
+pub(super) fn host_of(addr: &str) -> &str {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -286,10 +334,32 @@ pub(super) fn resolve(args: &ConnArgs, file: &FileConfig) -> Result<Resolved, Cl
         .or_else(|| f.server_name.clone())
         .unwrap_or_else(|| host_of(&addr).to_owned());
     let server_name: ServerName = server_name_text.parse().map_err(CliError::Pki)?;
+    let config = load_device_config(&cert, &key, &ca, server_name)?;
+    let server_crl = match args.crl.clone().or_else(|| f.crl.clone()) {
+        None => None,
+        Some(path) => {
+            // The CRL of the CA that issued the server: the device's own
+            // issuing CA (one CA issues both), else the root.
+            let issuer = crate::pki::crl_issuer_for(
+                &config.anchor,
+                config.identity.cert_der(),
+                config.identity.chain(),
+                config.provider,
+            )
+            .map_err(|e| CliError::Other(format!("cannot use the CRL {}: {e}", path.display())))?;
+            let crl =
+                crate::pki::crl::VerifiedCrl::load(&path, &issuer, std::time::SystemTime::now())?;
+            Some(Arc::new(crl))
+        }
+    };
 
     Ok(Resolved {
         addr,
-        config: load_device_config(&cert, &key, &ca, server_name)?,
+        config,
+        cert_path: cert,
+        key_path: key,
+        ca_path: ca,
+        server_crl,
     })
 }
 
@@ -339,7 +409,8 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
                 .map(|p| prepare_file(p, store_as.as_deref(), kind, &scope))
                 .collect::<Result<Vec<_>, _>>()?;
             let resolved = resolve(&args.conn, file)?;
-            super::files::send_files(&resolved.addr, resolved.config, &files, json).await
+            let settings = resolved.settings();
+            super::files::send_files(&resolved.addr, resolved.config, settings, &files, json).await
         }
         Action::List { from, json } => {
             let resolved = resolve(&args.conn, file)?;
@@ -353,6 +424,8 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
             let resolved = resolve(&args.conn, file)?;
             super::watch::run(resolved, watch, file).await
         }
+        Action::Enroll(enroll) => super::enroll::run_enroll(&args.conn, enroll, file).await,
+        Action::Renew(renew) => super::enroll::run_renew(&args.conn, renew, file).await,
         Action::SendText { text } => {
             let text = if text == "-" {
                 let mut s = String::new();
@@ -366,9 +439,9 @@ pub(super) async fn run(args: DeviceArgs, file: &FileConfig) -> Result<(), CliEr
             let resolved = resolve(&args.conn, file)?;
             let device = resolved.config.identity.name().to_owned();
             let started = Instant::now();
+            let settings = resolved.settings();
             let mut client =
-                DeviceClient::connect(&resolved.addr, resolved.config, ClientSettings::default())
-                    .await?;
+                DeviceClient::connect(&resolved.addr, resolved.config, settings).await?;
             let server = client.server().name().to_owned();
             let ack = client.send_text(&text).await?;
             super::files::close_after_receipts(client, true).await?;

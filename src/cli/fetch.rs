@@ -11,7 +11,7 @@ use serde_json::json;
 use super::CliError;
 use super::device::Resolved;
 use super::files::human_size;
-use crate::client::{ClientSettings, Destination, DeviceClient, Fetched};
+use crate::client::{Destination, DeviceClient, Fetched};
 use crate::message::FileInfo;
 
 /// `device fetch`.
@@ -59,12 +59,7 @@ pub(super) fn info_json(f: &FileInfo) -> serde_json::Value {
 }
 
 async fn connect(resolved: &Resolved) -> Result<DeviceClient<tokio::net::TcpStream>, CliError> {
-    Ok(DeviceClient::connect(
-        &resolved.addr,
-        resolved.config.clone(),
-        ClientSettings::default(),
-    )
-    .await?)
+    Ok(DeviceClient::connect(&resolved.addr, resolved.config.clone(), resolved.settings()).await?)
 }
 
 pub(super) async fn list(

@@ -357,6 +357,7 @@ where
 pub(super) async fn send_files(
     addr: &str,
     config: DeviceConfig,
+    settings: ClientSettings,
     files: &[OutgoingFile],
     json: bool,
 ) -> Result<(), CliError> {
@@ -364,7 +365,7 @@ pub(super) async fn send_files(
     let mut server = None;
     let mut reports = Vec::with_capacity(files.len());
     let outcome = async {
-        let mut client = DeviceClient::connect(addr, config, ClientSettings::default()).await?;
+        let mut client = DeviceClient::connect(addr, config, settings).await?;
         server = Some(client.server().name().to_owned());
         send_over(&mut client, files, json, &mut reports).await?;
         close_after_receipts(client, reports.iter().all(FileReport::verified)).await

@@ -1,9 +1,11 @@
 //! The command line: argument parsing (clap derive) and the adapters from
 //! options to library calls. `main.rs` only calls [`main`].
 
+mod admin;
 mod demo;
 mod device;
 mod docs;
+mod enroll;
 mod fetch;
 mod files;
 mod pki;
@@ -62,6 +64,9 @@ enum Command {
     /// Manage the private CA and its certificates.
     #[command(subcommand, after_help = pki::EXAMPLES)]
     Pki(pki::PkiCommand),
+    /// Operate a server: enrollment tokens, revocation.
+    #[command(subcommand, after_help = admin::EXAMPLES)]
+    Admin(admin::AdminCommand),
     /// Run a complete demonstration on loopback in a temporary folder.
     Demo(demo::DemoArgs),
     /// Print a shell completion script.
@@ -113,10 +118,12 @@ fn load_own_identity(
     refuse_open_key(key)?;
     let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
+    crate::pki::complete_key_rotation(cert, key, provider)?;
     let identity = crate::pki::Identity::load(cert, key, provider)?;
-    crate::pki::verify_peer(
+    crate::pki::verify_chain(
         &anchor,
         identity.cert_der(),
+        identity.chain(),
         role,
         None,
         std::time::SystemTime::now(),
@@ -288,6 +295,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Serve(args) => serve::run(args, &file, config_path.as_deref()).await,
             Command::Device(args) => device::run(args, &file).await,
             Command::Pki(cmd) => pki::run(cmd, &file),
+            Command::Admin(cmd) => admin::run(cmd, &file).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Completions(_) | Command::Man(_) => Ok(()),
         }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::handshake::ServerConfig;
-use crate::pki::Role;
+use crate::pki::{CertificateAuthority, Role};
 use crate::server::{self, ServerSettings};
 use crate::store::{OpenError, StoreLimits};
 use crate::transfer::UploadLimits;
@@ -74,6 +74,23 @@ pub(super) struct ServeArgs {
     /// every device (repeat for several; the same file again is kept once).
     #[arg(long, value_name = "FILE")]
     publish: Vec<PathBuf>,
+    /// Issuing CA certificate, for enrolling and renewing devices
+    /// [default: certs/issuing-ca.pem; without it and its key the server
+    /// issues nothing].
+    #[arg(long, value_name = "FILE")]
+    issuing_cert: Option<PathBuf>,
+    /// Issuing CA private key [default: keys/issuing-ca.key].
+    #[arg(long, value_name = "FILE")]
+    issuing_key: Option<PathBuf>,
+    /// Certificate revocation list checked at every handshake, reloaded
+    /// when it changes, and kept fresh when the server holds the issuing CA
+    /// [default: certs/crl.pem].
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Validity of the device certificates the server issues, in days,
+    /// 1 to 825 [default: 30].
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=825))]
+    device_cert_days: Option<u32>,
     /// Days notices are kept for watchers that reconnect, 1 to 3650 [default: 7].
     #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(RETENTION_DAYS))]
     notice_retention_days: Option<u64>,
@@ -133,6 +150,66 @@ fn config_name(config: Option<&Path>) -> String {
         || "the configuration file".to_owned(),
         |p| p.display().to_string(),
     )
+}
+
+/// Where the server finds what it trusts and signs with; reloaded on SIGHUP.
+#[derive(Debug, Clone)]
+pub(super) struct TrustFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    issuing_cert: PathBuf,
+    issuing_key: PathBuf,
+    crl: PathBuf,
+}
+
+impl TrustFiles {
+    /// Loads everything; the issuing CA only when both its files exist.
+    fn load(&self) -> Result<(ServerConfig, Option<Arc<CertificateAuthority>>), CliError> {
+        let config = load_server_config(&self.cert, &self.key, &self.ca)?;
+        let issuer = if self.issuing_cert.exists() && self.issuing_key.exists() {
+            super::refuse_open_key(&self.issuing_key)?;
+            let ca =
+                CertificateAuthority::load(&self.issuing_cert, &self.issuing_key, config.provider)?;
+            // It must chain to the root the server trusts, or what it
+            // issues would be refused by every device.
+            let above = ca.chain().get(1..).unwrap_or_default();
+            let chained = ca.trust_anchor().cert_der() == config.anchor.cert_der()
+                || crate::pki::verify_ca(
+                    &config.anchor,
+                    ca.cert_der(),
+                    above,
+                    std::time::SystemTime::now(),
+                )
+                .is_ok();
+            if !chained {
+                return Err(CliError::Other(format!(
+                    "the issuing CA {} does not chain to the root {}; make both with `secured pki init`, or pass --issuing-cert and --issuing-key of the right CA",
+                    self.issuing_cert.display(),
+                    self.ca.display()
+                )));
+            }
+            Some(Arc::new(ca))
+        } else {
+            None
+        };
+        Ok((config, issuer))
+    }
+}
+
+/// Warns when the root CA's private key sits beside the server's keys:
+/// whoever takes the server host would take the root too.
+fn warn_if_root_key_readable(files: &TrustFiles) {
+    let Some(keys_dir) = files.key.parent() else {
+        return;
+    };
+    let root_key = keys_dir.join("ca.key");
+    if std::fs::File::open(&root_key).is_ok() {
+        tracing::warn!(
+            root_key = %root_key.display(),
+            "the root CA's private key is readable by the server; move it offline (the server needs only the issuing CA's key)"
+        );
+    }
 }
 
 /// Loads and cross-checks the server's certificate, key and CA.
@@ -252,6 +329,15 @@ pub(super) async fn run(
     let key = pick(&args.key, &f.key, "keys/server.key");
     let ca = pick(&args.ca, &f.ca, "certs/ca.pem");
     let data_dir = pick(&args.data_dir, &f.data_dir, "data");
+    let files = TrustFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: ca.clone(),
+        issuing_cert: pick(&args.issuing_cert, &f.issuing_cert, "certs/issuing-ca.pem"),
+        issuing_key: pick(&args.issuing_key, &f.issuing_key, "keys/issuing-ca.key"),
+        crl: pick(&args.crl, &f.crl, "certs/crl.pem"),
+    };
+    let crl_path = files.crl.clone();
     let listen = args
         .listen
         .or_else(|| f.listen.clone())
@@ -314,13 +400,29 @@ pub(super) async fn run(
             .map_or(defaults.notice_retention, |d| {
                 Duration::from_secs(d * 86_400)
             }),
+        device_validity_days: args
+            .device_cert_days
+            .or(f.device_cert_days)
+            .unwrap_or(defaults.device_validity_days),
+        ..defaults
     };
     settings
         .storage
         .validate()
         .map_err(|e| CliError::Usage(e.to_string()))?;
 
-    let config = load_server_config(&cert, &key, &ca)?;
+    let (config, issuer) = files.load()?;
+    warn_if_root_key_readable(&files);
+    let mut settings = settings;
+    // Revocation is on when there is a CRL, or an issuing CA to sign one.
+    settings.crl_path = (issuer.is_some() || crl_path.exists()).then_some(crl_path);
+    if issuer.is_none() {
+        tracing::info!(
+            issuing_cert = %files.issuing_cert.display(),
+            "no issuing CA key: enrollment and renewal are off"
+        );
+    }
+    settings.issuer = issuer;
     raise_file_limit(&settings);
     let listener = crate::net::bind(&listen)
         .await
@@ -333,21 +435,22 @@ pub(super) async fn run(
         tracing::info!("shutdown requested (SIGTERM or SIGINT)");
         trigger.cancel();
     });
-    server::run(listener, config, settings, shutdown)
-        .await
-        .map_err(
-            |e| match e.get_ref().and_then(|e| e.downcast_ref::<OpenError>()) {
-                // Already one sentence naming the folder.
-                Some(open) => CliError::Other(open.to_string()),
-                None if e.get_ref().is_some_and(|e| e.is::<server::PublishError>()) => {
-                    CliError::Other(e.to_string())
-                }
-                None => CliError::Other(format!(
-                    "cannot use the data folder {}: {e}",
-                    data_dir.display()
-                )),
-            },
-        )
+    let server = server::Server::new(config, settings);
+    let trust = server.trust().clone();
+    tokio::spawn(reload_on_hangup(trust, files));
+    server.run(listener, shutdown).await.map_err(|e| {
+        match e.get_ref().and_then(|e| e.downcast_ref::<OpenError>()) {
+            // Already one sentence naming the folder.
+            Some(open) => CliError::Other(open.to_string()),
+            None if e.get_ref().is_some_and(|e| e.is::<server::PublishError>()) => {
+                CliError::Other(e.to_string())
+            }
+            None => CliError::Other(format!(
+                "cannot use the data folder {}: {e}",
+                data_dir.display()
+            )),
+        }
+    })
 }
 
 /// Raises the soft limit on open files to the hard limit: every session
@@ -363,6 +466,34 @@ fn raise_file_limit(settings: &ServerSettings) {
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
+/// Reloads the certificates, keys and CRL on every SIGHUP, without
+/// dropping sessions; a reload that fails keeps what was loaded.
+async fn reload_on_hangup(trust: server::TrustHandle, files: TrustFiles) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match files.load() {
+            Ok((config, issuer)) => {
+                let crl = trust.current().crl.clone();
+                trust.replace(server::Trust {
+                    config,
+                    issuer,
+                    crl,
+                });
+                tracing::info!("reloaded the certificates and keys (SIGHUP)");
+                if files.crl.exists() {
+                    let _ = server::trust::load_into(&trust, &files.crl);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reload failed (SIGHUP); keeping the previous certificates")
+            }
+        }
     }
 }
 

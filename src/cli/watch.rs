@@ -11,7 +11,7 @@ use clap::Args;
 use super::CliError;
 use super::device::Resolved;
 use super::fetch::{info_json, report};
-use crate::client::{ClientError, ClientSettings, Destination, DeviceClient, Fetched};
+use crate::client::{ClientError, Destination, DeviceClient, Fetched};
 use crate::config::FileConfig;
 use crate::message::{Note, WatchFrom};
 use crate::session::SessionError;
@@ -184,12 +184,8 @@ async fn watch_once(
     state: &Path,
     handled: &mut u64,
 ) -> Result<bool, ClientError> {
-    let mut client = DeviceClient::connect(
-        &resolved.addr,
-        resolved.config.clone(),
-        ClientSettings::default(),
-    )
-    .await?;
+    let mut client =
+        DeviceClient::connect(&resolved.addr, resolved.config.clone(), resolved.settings()).await?;
     let cursor = read_state(state).map_err(|e| ClientError::Destination {
         path: state.to_owned(),
         reason: e.to_string(),
@@ -211,12 +207,41 @@ async fn watch_once(
         Some(_) => {}
     }
     tracing::info!(last = start.last, "watching");
+    // A long watch renews the certificate when two thirds of its life
+    // have passed (proto-spec.md §14.4); the next connection uses it.
+    let renew_at = client.identity().renew_after();
+    let mut renewed = false;
     loop {
         if args.count.is_some_and(|c| *handled >= c) {
             client.close().await?;
             return Ok(true);
         }
-        let note = client.next_notice(HEARTBEAT).await?;
+        let due = renew_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let note = tokio::select! {
+            n = client.next_notice(HEARTBEAT) => n?,
+            () = tokio::time::sleep(due), if !renewed && client.version() >= 3 => {
+                renewed = true;
+                match super::enroll::renew_now(&mut client, false, 2048).await {
+                    Ok((issued, _)) => match super::enroll::store_renewed(
+                        &resolved.cert_path,
+                        &resolved.key_path,
+                        &issued,
+                        None,
+                    ) {
+                        Ok(()) => eprintln!(
+                            "renewed this device's certificate (serial {}); it is used from the next connection",
+                            issued.serial_hex
+                        ),
+                        Err(e) => eprintln!("renewed the certificate but cannot store it: {e}"),
+                    },
+                    Err(CliError::Client(e)) => return Err(e),
+                    Err(e) => eprintln!("cannot renew the certificate: {e}"),
+                }
+                continue;
+            }
+        };
         handle(&mut client, &note, args).await?;
         write_state(state, note.event).map_err(|e| ClientError::Destination {
             path: state.to_owned(),
@@ -227,7 +252,7 @@ async fn watch_once(
 }
 
 pub(super) async fn run(
-    resolved: Resolved,
+    mut resolved: Resolved,
     args: WatchArgs,
     file: &FileConfig,
 ) -> Result<(), CliError> {
@@ -262,6 +287,10 @@ pub(super) async fn run(
                 if handled > before {
                     // That connection worked: start the backoff over.
                     backoff = FIRST_BACKOFF;
+                }
+                // A certificate renewed meanwhile is used from now on.
+                if let Err(e) = resolved.reload() {
+                    eprintln!("keeping the loaded certificate: {e}");
                 }
                 let pause = crate::client::random_below(backoff);
                 eprintln!(

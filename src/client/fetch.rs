@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::message::{FileHead, FileInfo, Sharing};
-use crate::pki::{CertError, CertifiedPeer, Role, TrustAnchor, verify_peer};
+use crate::pki::{CertError, CertifiedPeer, Role, TrustAnchor, verify_chain};
 use crate::transfer::{file_digest, file_digest_v2};
 
 /// The owner name of files the server publishes (proto-spec.md §13.8).
@@ -87,6 +87,7 @@ fn unix(seconds: u64) -> SystemTime {
 pub fn verify_head(
     head: &FileHead,
     anchor: &TrustAnchor,
+    intermediates: &[Vec<u8>],
     me: &str,
 ) -> Result<Signer, DownloadError> {
     let info = &head.info;
@@ -100,11 +101,17 @@ pub fn verify_head(
     } else {
         Role::Device
     };
-    let peer = verify_peer(anchor, &head.certificate, role, None, checked_at).map_err(|error| {
-        DownloadError::Certificate {
-            owner: info.owner.clone(),
-            error,
-        }
+    let peer = verify_chain(
+        anchor,
+        &head.certificate,
+        intermediates,
+        role,
+        None,
+        checked_at,
+    )
+    .map_err(|error| DownloadError::Certificate {
+        owner: info.owner.clone(),
+        error,
     })?;
     if role == Role::Device && peer.name() != info.owner {
         return Err(DownloadError::WrongSigner {

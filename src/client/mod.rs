@@ -6,7 +6,10 @@
 //! [`DeviceClient::next_notice`], and a heartbeat answer is taken in passing.
 
 mod fetch;
+mod lifecycle;
 mod sink;
+
+pub use lifecycle::{EnrollRequest, IssuedCertificate, enroll};
 
 pub use fetch::{
     Destination, DownloadError, Fetched, SERVER_OWNER, Signer, signed_digest, verify_content,
@@ -51,6 +54,9 @@ pub struct ClientSettings {
     /// unavailable` to the handshake (it is busy or starting up); zero
     /// means no retry.
     pub busy_retry_for: Duration,
+    /// The CRL of the CA that issued the server's certificate: a server
+    /// whose certificate it lists is refused (proto-spec.md §14.5).
+    pub server_crl: Option<Arc<crate::pki::crl::VerifiedCrl>>,
 }
 
 impl Default for ClientSettings {
@@ -60,6 +66,7 @@ impl Default for ClientSettings {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             reply_timeout: Duration::from_secs(30),
             busy_retry_for: Duration::from_secs(60),
+            server_crl: None,
         }
     }
 }
@@ -137,6 +144,25 @@ pub enum ClientError {
     NeedsVersion2 {
         /// What was asked, e.g. "list files".
         what: &'static str,
+    },
+    /// The request needs protocol version 3 and the server speaks less.
+    #[error("the server speaks an older protocol version, which cannot {what}; upgrade the server")]
+    NeedsVersion3 {
+        /// What was asked, e.g. "renew certificates".
+        what: &'static str,
+    },
+    /// A certificate the server issued does not check out; nothing was
+    /// written.
+    #[error("the server sent a certificate this device cannot use: {reason}; nothing was written")]
+    BadCertificate {
+        /// Why.
+        reason: String,
+    },
+    /// The server's certificate is on the device's revocation list.
+    #[error("the server's certificate was refused: {reason}")]
+    ServerRefused {
+        /// Why, one sentence.
+        reason: String,
     },
     /// A downloaded file failed verification; nothing was written.
     #[error("refused the download of {name:?}: {error}; nothing was written")]
@@ -359,6 +385,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
         let anchor = config.anchor.clone();
         let mut session = Session::connect(io, config, settings.handshake_timeout).await?;
         session.set_limits(IoLimits::uniform(settings.reply_timeout));
+        if let Some(crl) = &settings.server_crl
+            && let Err(e) = crl.check_serial(session.peer().serial(), SystemTime::now())
+        {
+            let code = match e {
+                crate::pki::crl::CrlError::Revoked { .. } => AlertCode::CertificateRevoked,
+                _ => AlertCode::RevocationStale,
+            };
+            session.abort(code).await;
+            return Err(ClientError::ServerRefused {
+                reason: e.to_string(),
+            });
+        }
         Ok(Self {
             session,
             identity,
@@ -368,6 +406,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
             watch: None,
             ping_out: false,
         })
+    }
+
+    /// This device's certificate and key.
+    #[must_use]
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// The server, as its certificate proved it.
@@ -732,7 +776,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
             name: head.info.name.clone(),
             error,
         };
-        let signer = match verify_head(&head, &self.anchor, self.identity.name()) {
+        // The signer's certificate comes alone: its issuing CA is this
+        // device's own (one issuing CA serves a fleet; proto-spec.md §2.1).
+        let intermediates = self.identity.chain();
+        let signer = match verify_head(&head, &self.anchor, intermediates, self.identity.name()) {
             Ok(s) => s,
             // The head alone condemns the file: stop the transfer.
             Err(e) => {

@@ -21,6 +21,7 @@ pub mod cipher;
 pub mod hash;
 pub mod kdf;
 mod rustcrypto;
+pub mod token;
 
 pub mod x509;
 

@@ -19,7 +19,10 @@ mod device;
 mod server;
 
 pub use device::{DeviceConfig, DeviceStart, ExpectServerFinished, ExpectServerHelo};
-pub use server::{ExpectDeviceFinished, ExpectDeviceHelo, ExpectPrem, ServerConfig};
+pub use device::{EnrollConfig, EnrollStart};
+pub use server::{
+    AfterHelo, Claimant, ExpectDeviceFinished, ExpectDeviceHelo, ExpectPrem, ServerConfig,
+};
 
 use subtle::ConstantTimeEq;
 
@@ -27,29 +30,33 @@ use crate::crypto::hash::{HASH_LEN, sha256};
 use crate::crypto::{CryptoError, kdf};
 use crate::frame::{Frame, FrameKind};
 use crate::message::{AlertCode, DecodeError, Fini, Message};
-use crate::pki::{CertError, Role, VerifiedPeer};
+use crate::pki::{CertError, CsrError, Role, VerifiedPeer};
 use crate::record::{RecordError, RecordReader, RecordWriter};
 
 /// Context string at the start of the device's signed proof (proto-spec.md §5.3).
 pub const DEVICE_PROOF_CONTEXT: &[u8] = b"secured/1 device proof\0";
 
 /// The result of a completed handshake: the record layer of both directions
-/// and the verified identity of the peer.
-pub struct Established {
+/// and the verified identity of the peer (for the server facing an
+/// enrolling device, the request whose key it proved).
+pub struct Established<P = VerifiedPeer> {
     /// Sealing half for our direction, after our `FINI` (next seq 1).
     pub writer: RecordWriter,
     /// Opening half for the peer's direction, after its `FINI` (next seq 1).
     pub reader: RecordReader,
     /// The peer, as its certificate proved it.
-    pub peer: VerifiedPeer,
+    pub peer: P,
     /// The negotiated protocol version.
     pub version: u16,
+    /// `th`, the transcript hash both Finished MACs cover (proto-spec.md
+    /// §5.5); enrollment binds the token's proof to it (§14.3).
+    pub transcript_hash: [u8; HASH_LEN],
 }
 
-impl std::fmt::Debug for Established {
+impl<P: std::fmt::Debug> std::fmt::Debug for Established<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Established")
-            .field("peer", &self.peer.name())
+            .field("peer", &self.peer)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
@@ -91,6 +98,9 @@ pub enum HandshakeError {
         /// The failed check.
         error: CertError,
     },
+    /// An enrolling device's certificate request was refused.
+    #[error("the certificate request was refused: {0}")]
+    Request(CsrError),
     /// The device's PREM signature did not verify: it does not hold the key
     /// of the certificate it presented.
     #[error("the device could not prove it holds the private key of its certificate")]
@@ -102,6 +112,10 @@ pub enum HandshakeError {
         "the peer's Finished message did not verify (tampering, or a peer without the right key)"
     )]
     FinishedFailed,
+    /// The server refused the device's certificate for a reason outside
+    /// the certificate itself (revoked, or revocation cannot be checked).
+    #[error("the device's certificate was refused: {1}")]
+    Refused(AlertCode, String),
     /// The peer sent an alert.
     #[error("the other side ended the handshake with alert {code}: {meaning}", code = .0, meaning = .0.meaning())]
     PeerAlert(AlertCode),
@@ -119,8 +133,11 @@ impl HandshakeError {
             Self::Unexpected { .. } | Self::WrongRole => AlertCode::UnexpectedMessage,
             Self::ProtocolVersion { .. } => AlertCode::ProtocolVersion,
             Self::Certificate { error, .. } => cert_alert(error),
+            Self::Request(CsrError::WeakKey { .. }) => AlertCode::WeakKey,
+            Self::Request(_) => AlertCode::BadRequest,
             Self::BadDeviceProof => AlertCode::DecryptError,
             Self::FinishedFailed => AlertCode::HandshakeFailure,
+            Self::Refused(code, _) => *code,
             Self::PeerAlert(_) => return None,
             Self::Crypto(_) => AlertCode::InternalError,
         })
@@ -142,6 +159,7 @@ pub fn cert_alert(e: &CertError) -> AlertCode {
         C::UnsupportedAlgorithm { .. } | C::UnsupportedCriticalExtension { .. } => {
             AlertCode::UnsupportedCertificate
         }
+        C::Intermediate { source, .. } => cert_alert(source),
         _ => AlertCode::BadCertificate,
     }
 }

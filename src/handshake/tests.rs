@@ -58,7 +58,7 @@ fn happy_path_yields_matching_record_layers() {
     assert_eq!(d.peer.name(), "localhost");
     assert_eq!(d.peer.role(), Role::Server);
     assert_eq!(s.peer.name(), "device-1");
-    assert_eq!((d.version, s.version), (2, 2));
+    assert_eq!((d.version, s.version), (3, 3));
     // Both directions carry records; FINI used sequence number 0.
     assert_eq!(d.writer.next_seq(), 1);
     let rec = d.writer.seal_frame(FrameKind::SECX, b"up").unwrap();
@@ -262,7 +262,7 @@ fn version_without_overlap_is_refused_with_protocol_version() {
             let Ok(Message::Helo(mut h)) = Message::decode(FrameKind::HELO, &f.body) else {
                 panic!()
             };
-            h.versions = vec![3, 4];
+            h.versions = vec![4, 5];
             *f = Message::Helo(h).to_plain_frame();
         }
     });

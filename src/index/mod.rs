@@ -12,6 +12,9 @@
 //! Queries are checked at run time (no database is needed to build), and
 //! keep to SQL that PostgreSQL also accepts where that costs nothing.
 
+mod lifecycle;
+
+pub use lifecycle::{Redeem, Revocation, StoredToken};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};

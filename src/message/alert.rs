@@ -33,6 +33,11 @@ wire_codes! {
     IllegalParameter = 47, "illegal_parameter", "a message field had a forbidden value";
     /// A certificate was not issued by the trusted CA.
     UnknownCa = 48, "unknown_ca", "a certificate was not issued by the CA the other side trusts";
+    /// A certificate has been revoked (it is on the issuing CA's CRL).
+    CertificateRevoked = 49, "certificate_revoked", "a certificate has been revoked";
+    /// The revocation list is past its next update, so revocation cannot
+    /// be checked: the check fails closed.
+    RevocationStale = 50, "revocation_stale", "the revocation list is out of date, so certificates cannot be checked";
     /// No protocol version in common.
     ProtocolVersion = 70, "protocol_version", "no protocol version in common";
     /// The sender failed internally.
@@ -41,6 +46,20 @@ wire_codes! {
     Timeout = 90, "timeout", "a time limit ran out";
     /// The server is shutting down or at capacity; try again later.
     Unavailable = 100, "unavailable", "the server is shutting down or busy; try again later";
+    /// The enrollment token is unknown, or the proof of it is wrong.
+    BadToken = 110, "bad_token", "the enrollment token is unknown or wrong";
+    /// The enrollment token was already redeemed.
+    TokenUsed = 111, "token_used", "the enrollment token was already used";
+    /// The enrollment token has expired.
+    TokenExpired = 112, "token_expired", "the enrollment token has expired";
+    /// The request names another device than the token (or the session).
+    NameMismatch = 113, "name_mismatch", "the certificate request names another device than the token allows";
+    /// The request's key is not RSA of an accepted size.
+    WeakKey = 114, "weak_key", "the certificate request's key is too weak or not RSA";
+    /// The request is malformed or its signature does not verify.
+    BadRequest = 115, "bad_request", "the certificate request is malformed or its signature does not verify";
+    /// The server does not issue certificates.
+    EnrollmentUnavailable = 116, "enrollment_unavailable", "this server does not issue certificates";
 }
 
 impl std::fmt::Display for AlertCode {

@@ -8,8 +8,10 @@ use crate::crypto::kdf::NONCE_LEN;
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Version 2: sharing, listings, downloads and notices (proto-spec.md §13).
 pub const PROTOCOL_VERSION_2: u16 = 2;
+/// Version 3: enrollment and renewal (proto-spec.md §14).
+pub const PROTOCOL_VERSION_3: u16 = 3;
 /// The versions this implementation speaks, most preferred first.
-pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION_2, PROTOCOL_VERSION];
+pub const SUPPORTED_VERSIONS: &[u16] = &[PROTOCOL_VERSION_3, PROTOCOL_VERSION_2, PROTOCOL_VERSION];
 /// Largest certificate accepted in a `HELO`.
 pub const MAX_CERT_LEN: usize = 16 * 1024;
 /// Largest extensions block in a `HELO`.
@@ -32,6 +34,67 @@ pub enum HeloRole {
     Device,
     /// The server (value 2).
     Server,
+    /// A device without a certificate yet, asking for one (value 3): its
+    /// `certificate` field carries a PKCS#10 request (proto-spec.md §14.2).
+    Enrollee,
+}
+
+/// `HELO` extension type 1, `certificate_chain` (proto-spec.md §2.2): the
+/// certificates after the sender's own, nearest issuer first.
+pub const EXT_CERTIFICATE_CHAIN: u16 = 1;
+
+/// Largest certificate inside a `certificate_chain` extension: what is
+/// left of the extension's 4,096 bytes after its 2-byte length prefix.
+pub const MAX_CHAIN_CERT_LEN: usize = MAX_EXTENSIONS_LEN - 2;
+
+/// Most certificates in a `certificate_chain` extension.
+pub const MAX_CHAIN_CERTS: usize = 3;
+
+/// Encodes a `certificate_chain` extension; `None` for an empty chain
+/// (the extension is then left out).
+#[must_use]
+pub fn chain_extension(chain: &[Vec<u8>]) -> Option<Extension> {
+    if chain.is_empty() {
+        return None;
+    }
+    let mut data = Vec::new();
+    for cert in chain.iter().take(MAX_CHAIN_CERTS) {
+        put_vec_u16(&mut data, cert);
+    }
+    Some(Extension {
+        kind: EXT_CERTIFICATE_CHAIN,
+        data,
+    })
+}
+
+impl Helo {
+    /// The certificates of the `certificate_chain` extension (empty when
+    /// there is none).
+    ///
+    /// # Errors
+    /// A [`DecodeError`] when the extension does not split into 1 to
+    /// [`MAX_CHAIN_CERTS`] certificates of 1 to [`MAX_CHAIN_CERT_LEN`] bytes.
+    pub fn chain(&self) -> Result<Vec<Vec<u8>>, DecodeError> {
+        let Some(ext) = self
+            .extensions
+            .iter()
+            .find(|e| e.kind == EXT_CERTIFICATE_CHAIN)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut r = Reader::new("HELO", &ext.data);
+        let mut chain = Vec::new();
+        while !r.is_empty() || chain.is_empty() {
+            if chain.len() == MAX_CHAIN_CERTS {
+                return Err(r.invalid("certificate_chain", "more than 3 certificates"));
+            }
+            chain.push(
+                r.vec_u16("certificate_chain", 1, MAX_CHAIN_CERT_LEN)?
+                    .to_vec(),
+            );
+        }
+        Ok(chain)
+    }
 }
 
 /// One `HELO` extension. Version 1 defines none; receivers ignore unknown
@@ -54,7 +117,8 @@ pub struct Helo {
     pub versions: Vec<u16>,
     /// Fresh random nonce.
     pub nonce: [u8; NONCE_LEN],
-    /// Sender's X.509 certificate, DER.
+    /// Sender's X.509 certificate, DER; for [`HeloRole::Enrollee`], its
+    /// PKCS#10 certificate request.
     pub cert_der: Vec<u8>,
     /// Extensions.
     pub extensions: Vec<Extension>,
@@ -77,7 +141,13 @@ impl Helo {
         let role = match r.u8("role")? {
             1 => HeloRole::Device,
             2 => HeloRole::Server,
-            _ => return Err(r.invalid("role", "must be 1 (device) or 2 (server)")),
+            3 => HeloRole::Enrollee,
+            _ => {
+                return Err(r.invalid(
+                    "role",
+                    "must be 1 (device), 2 (server) or 3 (enrolling device)",
+                ));
+            }
         };
         let count = usize::from(r.u8("version_count")?);
         if count == 0 || count > MAX_VERSIONS {
@@ -124,6 +194,7 @@ impl Helo {
         out.push(match self.role {
             HeloRole::Device => 1,
             HeloRole::Server => 2,
+            HeloRole::Enrollee => 3,
         });
         let versions = &self.versions[..self.versions.len().min(MAX_VERSIONS)];
         out.push(versions.len() as u8);

@@ -66,6 +66,7 @@ mod app;
 pub(crate) mod codec;
 mod files;
 mod handshake;
+mod lifecycle;
 mod scope;
 
 pub use alert::AlertCode;
@@ -77,9 +78,11 @@ pub use files::{
     Entr, FILE_DATA_HEADER_LEN, FileHead, FileInfo, FileMsg, Ftch, List, Note, WatchFrom, Wtch,
 };
 pub use handshake::{
-    Extension, Fini, Helo, HeloRole, MAX_CERT_LEN, MAX_EXTENSIONS_LEN, PROTOCOL_VERSION,
-    PROTOCOL_VERSION_2, Prem, SUPPORTED_VERSIONS, VERIFY_DATA_LEN,
+    EXT_CERTIFICATE_CHAIN, Extension, Fini, Helo, HeloRole, MAX_CERT_LEN, MAX_CHAIN_CERT_LEN,
+    MAX_EXTENSIONS_LEN, PROTOCOL_VERSION, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3, Prem,
+    SUPPORTED_VERSIONS, VERIFY_DATA_LEN, chain_extension,
 };
+pub use lifecycle::{CertMsg, Enrq, MAX_CERT_CHAIN, Rnew, TOKEN_ID_LEN, TOKEN_PROOF_LEN};
 pub use scope::{MAX_DEVICE_NAME_LEN, MAX_SCOPE_DEVICES, Scope, ScopeError, is_device_name};
 
 use crate::frame::{Frame, FrameKind};
@@ -116,7 +119,7 @@ pub enum DecodeError {
     },
 }
 
-/// Every message of protocol versions 1 and 2.
+/// Every message of protocol versions 1 to 3.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Message {
@@ -152,6 +155,12 @@ pub enum Message {
     Ping(u64),
     /// `PONG`: heartbeat answer (version 2).
     Pong(u64),
+    /// `ENRQ`: enrollment with a token (version 3).
+    Enrq(Enrq),
+    /// `RNEW`: renewal request (version 3).
+    Rnew(Rnew),
+    /// `CERT`: an issued certificate (version 3).
+    Cert(CertMsg),
     /// A type this version does not know. Application types carry a stream
     /// id first, so the receiver can answer `ACK_ unsupported` for it.
     Unknown {
@@ -183,6 +192,9 @@ impl Message {
             Self::Note(_) => FrameKind::NOTE,
             Self::Ping(_) => FrameKind::PING,
             Self::Pong(_) => FrameKind::PONG,
+            Self::Enrq(_) => FrameKind::ENRQ,
+            Self::Rnew(_) => FrameKind::RNEW,
+            Self::Cert(_) => FrameKind::CERT,
             Self::Unknown { kind, .. } => *kind,
         }
     }
@@ -203,6 +215,7 @@ impl Message {
     /// A [`DecodeError`] naming the message and the field at fault.
     pub fn decode_in(version: u16, kind: FrameKind, body: &[u8]) -> Result<Self, DecodeError> {
         let v2 = version >= 2;
+        let v3 = version >= 3;
         Ok(match kind {
             FrameKind::HELO => Self::Helo(Helo::decode(body)?),
             FrameKind::PREM => Self::Prem(Prem::decode(body)?),
@@ -223,6 +236,9 @@ impl Message {
             FrameKind::NOTE if v2 => Self::Note(Box::new(Note::decode(body)?)),
             FrameKind::PING if v2 => Self::Ping(files::decode_heartbeat("PING", body)?),
             FrameKind::PONG if v2 => Self::Pong(files::decode_heartbeat("PONG", body)?),
+            FrameKind::ENRQ if v3 => Self::Enrq(Enrq::decode(body)?),
+            FrameKind::RNEW if v3 => Self::Rnew(Rnew::decode(body)?),
+            FrameKind::CERT if v3 => Self::Cert(CertMsg::decode(body)?),
             other => Self::Unknown {
                 kind: other,
                 stream: body
@@ -271,6 +287,9 @@ impl Message {
             Self::Wtch(m) => m.encode(out),
             Self::Note(m) => m.encode(out),
             Self::Ping(d) | Self::Pong(d) => out.extend_from_slice(&d.to_be_bytes()),
+            Self::Enrq(m) => m.encode(out),
+            Self::Rnew(m) => m.encode(out),
+            Self::Cert(m) => m.encode(out),
             Self::Unknown { stream, .. } => {
                 if let Some(s) = stream {
                     out.extend_from_slice(&s.0.to_be_bytes());

@@ -26,12 +26,14 @@ use crate::crypto::{CryptoProvider, RsaPublicKey};
 pub struct TrustAnchor {
     cert_der: Vec<u8>,
     subject: Name,
+    issuer: Name,
     name: String,
     public_key: Arc<dyn RsaPublicKey>,
     not_before: SystemTime,
     not_after: SystemTime,
     spki_der: Vec<u8>,
     key_id: Vec<u8>,
+    path_len: Option<u8>,
     provider: &'static CryptoProvider,
 }
 
@@ -73,16 +75,29 @@ impl TrustAnchor {
     /// Runs the load-time checks.
     pub(crate) fn check(der: &[u8], provider: &'static CryptoProvider) -> Result<Self, CertError> {
         let parsed = parse(der)?;
-        Self::from_parsed(&parsed, der, provider)
+        Self::from_parsed(&parsed, der, provider, true)
+    }
+
+    /// The load-time checks of a CA certificate that signs for us, which
+    /// may be an intermediate (issued by another CA, whose signature the
+    /// peer checks) rather than a self-signed root.
+    pub(crate) fn check_ca(
+        der: &[u8],
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, CertError> {
+        let parsed = parse(der)?;
+        let self_issued = parsed.tbs().issuer() == parsed.tbs().subject();
+        Self::from_parsed(&parsed, der, provider, self_issued)
     }
 
     fn from_parsed(
         parsed: &ParsedCert<'_>,
         der: &[u8],
         provider: &'static CryptoProvider,
+        root: bool,
     ) -> Result<Self, CertError> {
         let tbs = parsed.tbs();
-        if tbs.issuer() != tbs.subject() {
+        if root && tbs.issuer() != tbs.subject() {
             return Err(CertError::NotSelfSigned {
                 issuer: tbs.issuer().to_string(),
                 subject: tbs.subject().to_string(),
@@ -100,8 +115,13 @@ impl TrustAnchor {
                 usage: "keyCertSign",
             });
         }
+        if parsed.ext.name_constraints {
+            return Err(CertError::NameConstraints);
+        }
         let public_key = parsed.public_key(provider)?;
-        parsed.verify_signature(public_key.as_ref())?;
+        if root {
+            parsed.verify_signature(public_key.as_ref())?;
+        }
         let name = parsed.subject_cn()?;
         let key_id = match &parsed.ext.subject_key_id {
             Some(ski) => ski.0.as_bytes().to_vec(),
@@ -114,12 +134,14 @@ impl TrustAnchor {
         Ok(Self {
             cert_der: der.to_vec(),
             subject: tbs.subject().clone(),
+            issuer: tbs.issuer().clone(),
             name,
             public_key,
             not_before: parsed.not_before(),
             not_after: parsed.not_after(),
             spki_der: parsed.spki_der()?,
             key_id,
+            path_len: parsed.path_len(),
             provider,
         })
     }
@@ -157,6 +179,26 @@ impl TrustAnchor {
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The CA's pathLenConstraint: how many intermediate CA certificates
+    /// may stand between it and a leaf (`None`: no limit of its own).
+    pub(crate) fn path_len(&self) -> Option<u8> {
+        self.path_len
+    }
+
+    /// Whether this is a self-signed root (rather than an intermediate CA
+    /// certificate held for signing).
+    #[must_use]
+    pub fn is_root(&self) -> bool {
+        self.subject == self.issuer
+    }
+
+    /// SHA-256 of the certificate's DER: the fingerprint an enrollment
+    /// token pins (proto-spec.md §14).
+    #[must_use]
+    pub fn fingerprint(&self) -> [u8; 32] {
+        crate::crypto::hash::sha256(&[&self.cert_der])
     }
 
     /// The CA's subject name.
@@ -255,7 +297,7 @@ mod tests {
         let tbs = ca.tbs_certificate();
         let subject = tbs.subject().clone();
         let spki = tbs.subject_public_key_info().clone();
-        let extensions = ca_extensions(&subject, &spki, usage).unwrap();
+        let extensions = ca_extensions(&subject, &spki, usage, 0).unwrap();
         crate::pki::testutil::sign_with(
             CertSpec {
                 issuer: subject.clone(),

@@ -1,5 +1,7 @@
 //! PKI errors: [`CertError`] for a certificate that fails a check,
-//! [`PkiError`] for files, keys and issuance.
+//! [`PkiError`] for files, keys and issuance. A CRL's own checks fail with
+//! [`CrlError`](super::CrlError), wrapped in [`PkiError::Crl`] when the CRL
+//! came from a file.
 //!
 //! Every message is one sentence that says what is wrong and, for files,
 //! which file.
@@ -10,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::crypto::{CryptoError, MAX_RSA_BITS, MIN_RSA_BITS};
 
-use super::Role;
+use super::{CrlError, Role};
 
 /// Why a certificate was refused.
 ///
@@ -205,6 +207,53 @@ pub enum CertError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// An intermediate CA certificate of the chain failed a check.
+    #[error("the intermediate CA certificate {subject} was refused: {source}")]
+    Intermediate {
+        /// The intermediate's subject name.
+        subject: String,
+        /// The check it failed.
+        source: Box<CertError>,
+    },
+    /// A CA certificate's pathLenConstraint forbids the chain below it.
+    #[error(
+        "CA certificate {subject} allows {path_len} intermediate CA certificate(s) below it, but the chain has {below}"
+    )]
+    PathLength {
+        /// The CA's subject name.
+        subject: String,
+        /// Its pathLenConstraint.
+        path_len: u8,
+        /// Intermediate CA certificates below it in the chain.
+        below: usize,
+    },
+    /// More intermediate CA certificates than a chain may have.
+    #[error(
+        "certificate chain has more than {max} intermediate CA certificates between the certificate and the trusted root"
+    )]
+    ChainTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// A CA certificate with name constraints, which are not processed.
+    #[error(
+        "CA certificate has a nameConstraints extension, which secured does not process, so the chain is refused"
+    )]
+    NameConstraints,
+    /// A server certificate without subjectAltName.
+    #[error(
+        "server certificate has no subjectAltName entry (the common name is never used as the server's name)"
+    )]
+    MissingSubjectAltName,
+    /// An enrolling device found no root with the pinned fingerprint in
+    /// the server's chain.
+    #[error(
+        "the server did not present the root certificate the enrollment token pins (SHA-256 {fingerprint}); check the token and the server address"
+    )]
+    PinnedRootMissing {
+        /// The pinned fingerprint, hex.
+        fingerprint: String,
+    },
     /// [`verify_peer`](super::verify_peer) was asked to verify a CA role.
     #[error("a peer certificate can only be verified as a server or a device, not as a CA")]
     CaRole,
@@ -268,6 +317,14 @@ pub enum PkiError {
         origin: String,
         /// The failed check.
         source: CertError,
+    },
+    /// A CRL failed a check.
+    #[error("{origin} is not an acceptable CRL: {source}")]
+    Crl {
+        /// Where the CRL came from (usually a path).
+        origin: String,
+        /// The failed check.
+        source: CrlError,
     },
     /// A private key could not be loaded.
     #[error("{origin} is not a usable private key: {source}")]

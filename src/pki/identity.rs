@@ -18,14 +18,19 @@ use crate::crypto::{CryptoProvider, RsaPrivateKey};
 /// Our certificate and private key.
 pub struct Identity {
     cert_der: Vec<u8>,
+    /// The certificates sent after ours (nearest issuer first).
+    chain: Vec<Vec<u8>>,
     key: Arc<dyn RsaPrivateKey>,
     name: String,
+    not_before: SystemTime,
     not_after: SystemTime,
     serial: Vec<u8>,
 }
 
 impl Identity {
-    /// Loads a certificate PEM file and a PKCS#8 private key PEM file.
+    /// Loads a certificate PEM file and a PKCS#8 private key PEM file. The
+    /// certificate file may continue with the certificate's chain (the
+    /// issuing CA first), which is sent to peers with it.
     ///
     /// # Errors
     /// File errors naming the file, [`PkiError::Cert`] or [`PkiError::Key`]
@@ -36,15 +41,25 @@ impl Identity {
         key_path: &Path,
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
-        let cert_der = store::read_cert_pem(cert_path)?;
+        let mut certs = store::read_cert_chain_pem(cert_path)?.into_iter();
+        let cert_der = certs.next().unwrap_or_default();
         let key_der = store::read_key_pem(key_path)?;
-        Self::build(
+        Ok(Self::build(
             cert_der,
             &key_der,
             provider,
             &cert_path.display().to_string(),
             &key_path.display().to_string(),
-        )
+        )?
+        .with_chain(certs.collect()))
+    }
+
+    /// The same identity, sending `chain` (nearest issuer first) after its
+    /// certificate.
+    #[must_use]
+    pub fn with_chain(mut self, chain: Vec<Vec<u8>>) -> Self {
+        self.chain = chain;
+        self
     }
 
     /// Builds an identity from a DER certificate and a PKCS#8 DER key.
@@ -79,6 +94,7 @@ impl Identity {
         let parsed = parse(&cert_der).map_err(cert_error)?;
         let name = parsed.subject_cn().map_err(cert_error)?;
         let spki = parsed.spki_der().map_err(cert_error)?;
+        let not_before = parsed.not_before();
         let not_after = parsed.not_after();
         let serial = parsed.serial().to_vec();
         drop(parsed);
@@ -86,8 +102,10 @@ impl Identity {
         let key = load_matching_key(provider, key_pkcs8_der, &spki, key_origin, cert_origin)?;
         Ok(Self {
             cert_der,
+            chain: Vec::new(),
             key,
             name,
+            not_before,
             not_after,
             serial,
         })
@@ -97,6 +115,12 @@ impl Identity {
     #[must_use]
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The certificates sent after ours, nearest issuer first.
+    #[must_use]
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
     }
 
     /// Our private key.
@@ -115,6 +139,17 @@ impl Identity {
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// When the certificate should be renewed: once two thirds of its
+    /// lifetime have passed (proto-spec.md §14.4).
+    #[must_use]
+    pub fn renew_after(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime * 2 / 3
     }
 
     /// The certificate's serial number as lowercase hex.

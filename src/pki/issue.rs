@@ -122,7 +122,12 @@ impl fmt::Debug for IssuedLeaf {
 
 /// A CA certificate and its private key, in memory.
 pub struct CertificateAuthority {
+    /// The CA's own certificate (a root or an intermediate).
     anchor: TrustAnchor,
+    /// The certificates a leaf this CA issues sends after its own: empty
+    /// for a root, this CA's certificate and any intermediate above it for
+    /// an intermediate (never the root, which peers already hold).
+    chain: Vec<Vec<u8>>,
     key: Arc<dyn RsaPrivateKey>,
     key_pkcs8: Zeroizing<Vec<u8>>,
     provider: &'static CryptoProvider,
@@ -139,7 +144,8 @@ impl fmt::Debug for CertificateAuthority {
 
 impl CertificateAuthority {
     /// Generates a CA key of `bits` bits and a self-signed CA certificate
-    /// with subject `O=secured, CN=<common_name>`.
+    /// with subject `O=secured, CN=<common_name>` and pathLen 0: a
+    /// single-tier CA that signs leaves itself.
     ///
     /// # Errors
     /// [`PkiError::InvalidCommonName`], [`PkiError::InvalidValidity`],
@@ -149,6 +155,31 @@ impl CertificateAuthority {
         common_name: &str,
         bits: usize,
         validity: Validity,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        Self::generate_with_path_len(common_name, bits, validity, 0, provider)
+    }
+
+    /// Generates a root CA (self-signed, pathLen 1) meant to stay offline
+    /// and sign one issuing CA ([`Self::issue_intermediate`]) that signs
+    /// the leaves.
+    ///
+    /// # Errors
+    /// As [`Self::generate`].
+    pub fn generate_root(
+        common_name: &str,
+        bits: usize,
+        validity: Validity,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        Self::generate_with_path_len(common_name, bits, validity, 1, provider)
+    }
+
+    fn generate_with_path_len(
+        common_name: &str,
+        bits: usize,
+        validity: Validity,
+        path_len: u8,
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
         check_common_name(common_name)?;
@@ -161,6 +192,7 @@ impl CertificateAuthority {
             &subject,
             &spki,
             KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+            path_len,
         )?;
         let cert_der = build_cert(
             CertSpec {
@@ -176,10 +208,59 @@ impl CertificateAuthority {
         )?;
         Self::from_parts(
             cert_der,
+            Vec::new(),
             key_pkcs8,
             provider,
             "the generated CA certificate",
             "the generated CA key",
+        )
+    }
+
+    /// Generates an intermediate (issuing) CA signed by this one: subject
+    /// `O=secured, CN=<common_name>`, pathLen 0, keyCertSign and cRLSign.
+    ///
+    /// # Errors
+    /// As [`Self::generate`].
+    pub fn issue_intermediate(
+        &self,
+        common_name: &str,
+        bits: usize,
+        validity: Validity,
+    ) -> Result<Self, PkiError> {
+        check_common_name(common_name)?;
+        let validity = validity.to_x509()?;
+        let key_pkcs8 = generate_key(bits, self.provider)?;
+        let key = load_generated_key(&key_pkcs8, self.provider)?;
+        let spki = spki_of(key.as_ref())?;
+        let subject = make_name(Some(CA_ORGANIZATION), common_name).map_err(build_error("CA"))?;
+        let mut extensions = ca_extensions(
+            &subject,
+            &spki,
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+            0,
+        )?;
+        extensions.push(self.authority_key_id(&subject)?);
+        let cert_der = build_cert(
+            CertSpec {
+                issuer: self.anchor.subject().clone(),
+                subject,
+                spki,
+                validity,
+                extensions,
+            },
+            &self.key,
+            self.provider,
+            "issuing CA",
+        )?;
+        let mut chain = vec![cert_der.clone()];
+        chain.extend(self.chain.iter().cloned());
+        Self::from_parts(
+            cert_der,
+            chain,
+            key_pkcs8,
+            self.provider,
+            "the generated issuing CA certificate",
+            "the generated issuing CA key",
         )
     }
 
@@ -193,8 +274,10 @@ impl CertificateAuthority {
         key_pkcs8_der: &[u8],
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
+        let chain = intermediate_chain(&cert_der, &[]);
         Self::from_parts(
             cert_der,
+            chain,
             Zeroizing::new(key_pkcs8_der.to_vec()),
             provider,
             "the CA certificate",
@@ -203,6 +286,9 @@ impl CertificateAuthority {
     }
 
     /// Loads a CA from a certificate PEM file and a PKCS#8 key PEM file.
+    /// For an intermediate CA, the file may continue with the certificates
+    /// above it (a root among them is left out of the chain it hands to
+    /// leaves).
     ///
     /// # Errors
     /// File errors naming the file, [`PkiError::Cert`], [`PkiError::Key`] or
@@ -212,10 +298,14 @@ impl CertificateAuthority {
         key_path: &Path,
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
-        let cert_der = store::read_cert_pem(cert_path)?;
+        let mut certs = store::read_cert_chain_pem(cert_path)?.into_iter();
+        let cert_der = certs.next().unwrap_or_default();
+        let above: Vec<Vec<u8>> = certs.collect();
+        let chain = intermediate_chain(&cert_der, &above);
         let key_pkcs8 = store::read_key_pem(key_path)?;
         Self::from_parts(
             cert_der,
+            chain,
             key_pkcs8,
             provider,
             &cert_path.display().to_string(),
@@ -225,15 +315,17 @@ impl CertificateAuthority {
 
     fn from_parts(
         cert_der: Vec<u8>,
+        chain: Vec<Vec<u8>>,
         key_pkcs8: Zeroizing<Vec<u8>>,
         provider: &'static CryptoProvider,
         cert_origin: &str,
         key_origin: &str,
     ) -> Result<Self, PkiError> {
-        let anchor = TrustAnchor::check(&cert_der, provider).map_err(|source| PkiError::Cert {
-            origin: cert_origin.to_owned(),
-            source,
-        })?;
+        let anchor =
+            TrustAnchor::check_ca(&cert_der, provider).map_err(|source| PkiError::Cert {
+                origin: cert_origin.to_owned(),
+                source,
+            })?;
         let key = super::identity::load_matching_key(
             provider,
             &key_pkcs8,
@@ -243,6 +335,7 @@ impl CertificateAuthority {
         )?;
         Ok(Self {
             anchor,
+            chain,
             key,
             key_pkcs8,
             provider,
@@ -261,10 +354,79 @@ impl CertificateAuthority {
         &self.key_pkcs8
     }
 
-    /// The CA certificate as a trust anchor.
+    /// A self-signed certificate with this CA's name and key and no
+    /// authorityKeyIdentifier, for x509-cert's `CrlBuilder`: it takes a
+    /// CRL's authorityKeyIdentifier from the issuer certificate's own
+    /// authorityKeyIdentifier when there is one, which for an intermediate
+    /// names the root's key, and from the SHA-1 of the issuer's key (our
+    /// subjectKeyIdentifier) otherwise. The stand-in gives the right one;
+    /// it is never written or sent.
+    pub(crate) fn crl_builder_issuer(&self) -> Result<Vec<u8>, PkiError> {
+        if self.is_root() {
+            return Ok(self.cert_der().to_vec());
+        }
+        let spki = spki_of(self.key.as_ref())?;
+        let subject = self.anchor.subject().clone();
+        let extensions = ca_extensions(
+            &subject,
+            &spki,
+            KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+            0,
+        )?;
+        let validity = Validity {
+            not_before: SystemTime::now() - CLOCK_SKEW_ALLOWANCE,
+            not_after: self.anchor.not_after(),
+        }
+        .to_x509()?;
+        build_cert(
+            CertSpec {
+                issuer: subject.clone(),
+                subject,
+                spki,
+                validity,
+                extensions,
+            },
+            &self.key,
+            self.provider,
+            "CRL issuer stand-in",
+        )
+    }
+
+    /// The loaded CA private key, for the CRL signer.
+    pub(crate) fn signing_key(&self) -> &Arc<dyn RsaPrivateKey> {
+        &self.key
+    }
+
+    /// The CA certificate, checked as a CA; for a root, the trust anchor
+    /// peers verify against.
     #[must_use]
     pub fn trust_anchor(&self) -> &TrustAnchor {
         &self.anchor
+    }
+
+    /// The certificates that follow a leaf this CA issues, nearest first:
+    /// empty for a root, this CA's certificate (and any intermediate above
+    /// it) for an issuing CA.
+    #[must_use]
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// Whether this CA is a self-signed root.
+    #[must_use]
+    pub fn is_root(&self) -> bool {
+        self.anchor.is_root()
+    }
+
+    /// The authorityKeyIdentifier extension naming this CA's key.
+    fn authority_key_id(&self, subject: &Name) -> Result<Extension, PkiError> {
+        let aki = AuthorityKeyIdentifier {
+            key_identifier: Some(
+                OctetString::new(self.anchor.key_id()).map_err(build_error("CA"))?,
+            ),
+            ..Default::default()
+        };
+        extension(false, &aki, subject)
     }
 
     /// The CA's common name.
@@ -403,11 +565,7 @@ impl CertificateAuthority {
         }
         let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(err)?;
         extensions.push(extension(false, &ski, &subject)?);
-        let aki = AuthorityKeyIdentifier {
-            key_identifier: Some(OctetString::new(self.anchor.key_id()).map_err(err)?),
-            ..Default::default()
-        };
-        extensions.push(extension(false, &aki, &subject)?);
+        extensions.push(self.authority_key_id(&subject)?);
 
         Ok(CertSpec {
             subject,
@@ -445,6 +603,24 @@ impl CertificateAuthority {
     pub(crate) fn key_for_test(&self) -> &Arc<dyn RsaPrivateKey> {
         &self.key
     }
+}
+
+/// The chain an issuing CA hands to its leaves: itself and the
+/// certificates above it, without a self-signed root; empty for a root.
+fn intermediate_chain(cert_der: &[u8], above: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let self_issued = |der: &[u8]| {
+        super::parse::parse(der)
+            .map(|p| p.tbs().issuer() == p.tbs().subject())
+            .unwrap_or(false)
+    };
+    if self_issued(cert_der) {
+        return Vec::new();
+    }
+    std::iter::once(cert_der)
+        .chain(above.iter().map(Vec::as_slice))
+        .filter(|der| !self_issued(der))
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// Validates a leaf request before anything expensive happens.
@@ -508,6 +684,19 @@ fn build_error(what: &'static str) -> impl Fn(der::Error) -> PkiError {
     }
 }
 
+/// A freshly generated key: its PKCS#8 DER and the key loaded.
+pub type KeyPair = (Zeroizing<Vec<u8>>, Arc<dyn RsaPrivateKey>);
+
+/// Generates an RSA key of `bits` bits: its PKCS#8 DER and the loaded key.
+///
+/// # Errors
+/// [`PkiError::KeyGeneration`] or [`PkiError::Key`].
+pub fn generate_key_pair(bits: usize, provider: &CryptoProvider) -> Result<KeyPair, PkiError> {
+    let pkcs8 = generate_key(bits, provider)?;
+    let key = load_generated_key(&pkcs8, provider)?;
+    Ok((pkcs8, key))
+}
+
 fn generate_key(bits: usize, provider: &CryptoProvider) -> Result<Zeroizing<Vec<u8>>, PkiError> {
     provider
         .rsa
@@ -538,11 +727,12 @@ fn spki_of(key: &dyn RsaPrivateKey) -> Result<SubjectPublicKeyInfoOwned, PkiErro
 
 /// Encodes an extension with explicit criticality.
 /// The extensions of a CA certificate (proto-spec.md §2): basicConstraints
-/// CA with pathLen 0 and `usage`, both critical, and the key identifier.
+/// CA with `path_len` and `usage`, both critical, and the key identifier.
 pub(crate) fn ca_extensions(
     subject: &Name,
     spki: &SubjectPublicKeyInfoOwned,
     usage: KeyUsage,
+    path_len: u8,
 ) -> Result<Vec<Extension>, PkiError> {
     let ski = SubjectKeyIdentifier::try_from(spki.owned_to_ref()).map_err(build_error("CA"))?;
     Ok(vec![
@@ -550,7 +740,7 @@ pub(crate) fn ca_extensions(
             true,
             &BasicConstraints {
                 ca: true,
-                path_len_constraint: Some(0),
+                path_len_constraint: Some(path_len),
             },
             subject,
         )?,

@@ -19,8 +19,8 @@ use x509_cert::certificate::{TbsCertificate, Version};
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::{DirectoryString, GeneralName};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, NameConstraints,
+    SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 
@@ -52,6 +52,10 @@ pub(crate) struct KnownExtensions {
     pub(crate) subject_alt_name: Option<SubjectAltName>,
     pub(crate) subject_key_id: Option<SubjectKeyIdentifier>,
     pub(crate) authority_key_id: Option<AuthorityKeyIdentifier>,
+    /// Whether a nameConstraints extension is present: this verifier does
+    /// not process name constraints, so a CA certificate carrying them is
+    /// refused rather than trusted beyond its constraints.
+    pub(crate) name_constraints: bool,
 }
 
 impl ParsedCert<'_> {
@@ -70,6 +74,14 @@ impl ParsedCert<'_> {
     /// Whether the CA flag is set in basicConstraints.
     pub(crate) fn is_ca(&self) -> bool {
         self.ext.basic_constraints.as_ref().is_some_and(|bc| bc.ca)
+    }
+
+    /// The pathLenConstraint of a CA certificate's basicConstraints.
+    pub(crate) fn path_len(&self) -> Option<u8> {
+        self.ext
+            .basic_constraints
+            .as_ref()
+            .and_then(|bc| bc.path_len_constraint)
     }
 
     /// The subject public key as DER SubjectPublicKeyInfo.
@@ -171,8 +183,10 @@ fn malformed(e: &der::Error) -> CertError {
     }
 }
 
-/// The TBSCertificate TLV as it appears in `der`.
-fn tbs_slice(der: &[u8]) -> der::Result<&[u8]> {
+/// The signed part (TBSCertificate, TBSCertList of a CRL, or
+/// CertificationRequestInfo of a request: the first element of the outer
+/// SEQUENCE) as it appears in `der`.
+pub(crate) fn tbs_slice(der: &[u8]) -> der::Result<&[u8]> {
     let mut reader = SliceReader::new(der)?;
     let tbs = reader.sequence(|outer| {
         let tbs = outer.tlv_bytes()?;
@@ -252,6 +266,7 @@ fn known_extensions(extensions: &[Extension]) -> Result<KnownExtensions, CertErr
             AuthorityKeyIdentifier::OID => {
                 known.authority_key_id = Some(decode_ext(ext, "authorityKeyIdentifier")?);
             }
+            NameConstraints::OID => known.name_constraints = true,
             oid if ext.critical => {
                 return Err(CertError::UnsupportedCriticalExtension {
                     oid: oid.to_string(),

@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use der::Encode;
 use der::pem::{self, LineEnding};
 use zeroize::Zeroizing;
 
@@ -31,6 +32,8 @@ const CERT_LABEL: &str = "CERTIFICATE";
 const KEY_LABEL: &str = "PRIVATE KEY";
 /// File stem of the CA's certificate and key.
 const CA_STEM: &str = "ca";
+/// File stem of the issuing (intermediate) CA.
+pub const ISSUING_CA_STEM: &str = "issuing-ca";
 /// File stem of the server's certificate and key written by [`init`].
 const SERVER_STEM: &str = "server";
 
@@ -76,6 +79,24 @@ impl PkiPaths {
     pub fn ca_key(&self) -> PathBuf {
         self.key_file(CA_STEM)
     }
+
+    /// The issuing CA certificate, `<certs_dir>/issuing-ca.pem`.
+    #[must_use]
+    pub fn issuing_cert(&self) -> PathBuf {
+        self.cert_file(ISSUING_CA_STEM)
+    }
+
+    /// The issuing CA key, `<keys_dir>/issuing-ca.key`.
+    #[must_use]
+    pub fn issuing_key(&self) -> PathBuf {
+        self.key_file(ISSUING_CA_STEM)
+    }
+
+    /// The CRL, `<certs_dir>/crl.pem`.
+    #[must_use]
+    pub fn crl(&self) -> PathBuf {
+        self.certs_dir.join("crl.pem")
+    }
 }
 
 /// Options of `secured pki init`.
@@ -92,10 +113,14 @@ pub struct InitOptions {
     pub ca_bits: usize,
     /// Server and device key size. Default 2048.
     pub leaf_bits: usize,
-    /// Validity of the server and device certificates, in days. Default 825.
+    /// Validity of the device certificate, in days. Default 30.
     pub validity_days: u32,
-    /// Validity of the CA certificate, in days. Default 3650.
+    /// Validity of the server certificate, in days. Default 825.
+    pub server_validity_days: u32,
+    /// Validity of the root CA certificate, in days. Default 3650.
     pub ca_validity_days: u32,
+    /// Validity of the issuing CA certificate, in days. Default 1825.
+    pub issuing_validity_days: u32,
     /// Replace existing files.
     pub force: bool,
 }
@@ -111,12 +136,19 @@ impl Default for InitOptions {
             ca_name: "secured CA".to_owned(),
             ca_bits: 3072,
             leaf_bits: 2048,
-            validity_days: 825,
+            validity_days: DEFAULT_DEVICE_DAYS,
+            server_validity_days: DEFAULT_SERVER_DAYS,
             ca_validity_days: 3650,
+            issuing_validity_days: 1825,
             force: false,
         }
     }
 }
+
+/// Default validity of a device certificate: short, renewed by the device.
+pub const DEFAULT_DEVICE_DAYS: u32 = 30;
+/// Default validity of a server certificate.
+pub const DEFAULT_SERVER_DAYS: u32 = 825;
 
 /// Options of `secured pki issue`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,14 +163,17 @@ impl Default for IssueOptions {
     fn default() -> Self {
         Self {
             bits: 2048,
-            validity_days: 825,
+            validity_days: DEFAULT_SERVER_DAYS,
         }
     }
 }
 
-/// `secured pki init`: creates a CA (`ca.pem`/`ca.key`), a server
-/// certificate (`server.pem`/`server.key`) and a device certificate
-/// (`<device>.pem`/`<device>.key`). Returns the files written, in order.
+/// `secured pki init`: creates a root CA (`ca.pem`/`ca.key`, to be kept
+/// offline), an issuing CA signed by it (`issuing-ca.pem`/`issuing-ca.key`,
+/// for the server), and with the issuing CA a server certificate
+/// (`server.pem`/`server.key`) and a device certificate
+/// (`<device>.pem`/`<device>.key`); the leaves' files hold their chain.
+/// Returns the files written, in order.
 ///
 /// # Errors
 /// [`PkiError::Exists`] (before anything is generated) when a target file
@@ -152,14 +187,10 @@ pub fn init(
     provider: &'static CryptoProvider,
 ) -> Result<Vec<PathBuf>, PkiError> {
     validate_device_name(&opts.device_name)?;
-    if opts.device_name == CA_STEM || opts.device_name == SERVER_STEM {
+    if let Some(owner) = reserved_owner(&opts.device_name, Role::Device) {
         return Err(PkiError::ReservedName {
             name: opts.device_name.clone(),
-            owner: if opts.device_name == CA_STEM {
-                "CA"
-            } else {
-                "server"
-            },
+            owner,
         });
     }
     let server_cn = opts
@@ -170,7 +201,12 @@ pub fn init(
     check_leaf_request(Role::Server, &server_cn, &opts.server_names)?;
     check_leaf_request(Role::Device, &opts.device_name, &[])?;
 
-    let stems = [CA_STEM, SERVER_STEM, opts.device_name.as_str()];
+    let stems = [
+        CA_STEM,
+        ISSUING_CA_STEM,
+        SERVER_STEM,
+        opts.device_name.as_str(),
+    ];
     let targets: Vec<PathBuf> = stems
         .iter()
         .flat_map(|stem| [paths.cert_file(stem), paths.key_file(stem)])
@@ -180,41 +216,54 @@ pub fn init(
     }
     create_dirs(paths)?;
 
-    let ca = CertificateAuthority::generate(
+    let root = CertificateAuthority::generate_root(
         &opts.ca_name,
         opts.ca_bits,
         Validity::days_from_now(opts.ca_validity_days),
         provider,
     )?;
-    let leaf_validity = Validity::days_from_now(opts.validity_days);
-    let server = ca.issue(
+    let issuing = root.issue_intermediate(
+        &format!("{} issuing CA", opts.ca_name),
+        opts.ca_bits,
+        Validity::days_from_now(opts.issuing_validity_days),
+    )?;
+    let server = issuing.issue(
         Role::Server,
         &server_cn,
         &opts.server_names,
         opts.leaf_bits,
-        leaf_validity,
+        Validity::days_from_now(opts.server_validity_days),
     )?;
-    let device = ca.issue(
+    let device = issuing.issue(
         Role::Device,
         &opts.device_name,
         &[],
         opts.leaf_bits,
-        leaf_validity,
+        Validity::days_from_now(opts.validity_days),
     )?;
 
-    write_cert_pem(&paths.ca_cert(), ca.cert_der(), opts.force)?;
-    write_key_pem(&paths.ca_key(), ca.key_pkcs8_der(), opts.force)?;
+    write_cert_pem(&paths.ca_cert(), root.cert_der(), opts.force)?;
+    write_key_pem(&paths.ca_key(), root.key_pkcs8_der(), opts.force)?;
+    write_cert_pem(&paths.issuing_cert(), issuing.cert_der(), opts.force)?;
+    write_key_pem(&paths.issuing_key(), issuing.key_pkcs8_der(), opts.force)?;
     for (stem, leaf) in [(SERVER_STEM, &server), (opts.device_name.as_str(), &device)] {
-        write_cert_pem(&paths.cert_file(stem), &leaf.cert_der, opts.force)?;
+        write_cert_chain_pem(
+            &paths.cert_file(stem),
+            &leaf.cert_der,
+            issuing.chain(),
+            opts.force,
+        )?;
         write_key_pem(&paths.key_file(stem), &leaf.key_pkcs8_der, opts.force)?;
     }
     Ok(targets)
 }
 
-/// `secured pki issue`: loads `ca.pem`/`ca.key` and writes `<name>.pem` and
-/// `<name>.key` for a new server or device certificate. For a server
-/// without `server_names`, `name` itself must be a valid server name and
-/// becomes the only one. Returns the files written.
+/// `secured pki issue`: loads the issuing CA (`issuing-ca.pem`/
+/// `issuing-ca.key`, or for a single-tier PKI `ca.pem`/`ca.key`) and writes
+/// `<name>.pem` (with its chain) and `<name>.key` for a new server or
+/// device certificate. For a server without `server_names`, `name` itself
+/// must be a valid server name and becomes the only one. Returns the files
+/// written.
 ///
 /// # Errors
 /// [`PkiError::CaRole`], name errors ([`PkiError::InvalidFileName`],
@@ -245,12 +294,12 @@ pub fn issue_files(
             },
         });
     }
-    // The CA's files are never a leaf's; the server's are never a device's
+    // The CAs' files are never a leaf's; the server's are never a device's
     // (`--role device --name server --force` would replace the server key).
-    if name == CA_STEM || (role == Role::Device && name == SERVER_STEM) {
+    if let Some(owner) = reserved_owner(name, role) {
         return Err(PkiError::ReservedName {
             name: name.to_owned(),
-            owner: if name == CA_STEM { "CA" } else { "server" },
+            owner,
         });
     }
     let default_names;
@@ -268,11 +317,7 @@ pub fn issue_files(
     if !force {
         refuse_existing(&targets)?;
     }
-    let ca_cert = paths.ca_cert();
-    if !ca_cert.exists() {
-        return Err(PkiError::NoCa { path: ca_cert });
-    }
-    let ca = CertificateAuthority::load(&ca_cert, &paths.ca_key(), provider)?;
+    let ca = load_signing_ca(paths, provider)?;
     let leaf = ca.issue(
         role,
         name,
@@ -281,9 +326,40 @@ pub fn issue_files(
         Validity::days_from_now(opts.validity_days),
     )?;
     create_dirs(paths)?;
-    write_cert_pem(&targets[0], &leaf.cert_der, force)?;
+    write_cert_chain_pem(&targets[0], &leaf.cert_der, ca.chain(), force)?;
     write_key_pem(&targets[1], &leaf.key_pkcs8_der, force)?;
     Ok(targets)
+}
+
+/// The CA that signs leaves in `paths`: the issuing CA when its files
+/// exist, else the root of a single-tier PKI.
+///
+/// # Errors
+/// [`PkiError::NoCa`] when there is no CA at all; CA loading errors.
+pub fn load_signing_ca(
+    paths: &PkiPaths,
+    provider: &'static CryptoProvider,
+) -> Result<CertificateAuthority, PkiError> {
+    let issuing = paths.issuing_cert();
+    if issuing.exists() {
+        return CertificateAuthority::load(&issuing, &paths.issuing_key(), provider);
+    }
+    let ca_cert = paths.ca_cert();
+    if !ca_cert.exists() {
+        return Err(PkiError::NoCa { path: ca_cert });
+    }
+    CertificateAuthority::load(&ca_cert, &paths.ca_key(), provider)
+}
+
+/// Whose files a leaf of `role` may not take: the CAs', and for a device
+/// the server's.
+fn reserved_owner(name: &str, role: Role) -> Option<&'static str> {
+    match name {
+        CA_STEM => Some("CA"),
+        ISSUING_CA_STEM => Some("issuing CA"),
+        SERVER_STEM if role == Role::Device => Some("server"),
+        _ => None,
+    }
 }
 
 /// Writes a certificate as PEM `CERTIFICATE` (mode 0644 before umask).
@@ -313,6 +389,60 @@ pub fn write_key_pem(path: &Path, pkcs8_der: &[u8], force: bool) -> Result<(), P
             source: io::Error::other(e.to_string()),
         })?;
     write_atomic(path, pem.as_bytes(), 0o600, force)
+}
+
+/// Writes a certificate followed by its chain (nearest issuer first) as
+/// consecutive PEM `CERTIFICATE` blocks, the usual "full chain" file.
+///
+/// # Errors
+/// As [`write_cert_pem`].
+pub fn write_cert_chain_pem(
+    path: &Path,
+    der: &[u8],
+    chain: &[Vec<u8>],
+    force: bool,
+) -> Result<(), PkiError> {
+    let mut text = String::new();
+    for cert in std::iter::once(der).chain(chain.iter().map(Vec::as_slice)) {
+        let pem =
+            pem::encode_string(CERT_LABEL, LineEnding::LF, cert).map_err(|e| PkiError::Write {
+                path: path.to_owned(),
+                source: io::Error::other(e.to_string()),
+            })?;
+        text.push_str(&pem);
+    }
+    write_atomic(path, text.as_bytes(), 0o644, force)
+}
+
+/// Most certificates read from one PEM file: a leaf and its chain.
+const MAX_PEM_CHAIN: usize = 4;
+
+/// Reads a PEM file of one or more certificates (a leaf, then its chain)
+/// and returns their DER, in file order.
+pub(crate) fn read_cert_chain_pem(path: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
+    let bytes = read_limited(path, "certificate")?;
+    decode_cert_chain_pem(&bytes, &path.display().to_string())
+}
+
+/// Decodes one or more PEM `CERTIFICATE` blocks; `origin` names the text
+/// in errors.
+pub(crate) fn decode_cert_chain_pem(
+    pem_bytes: &[u8],
+    origin: &str,
+) -> Result<Vec<Vec<u8>>, PkiError> {
+    let not_pem = || PkiError::NotPem {
+        origin: origin.to_owned(),
+        kind: "certificate",
+        label: CERT_LABEL,
+    };
+    let certs = x509_cert::Certificate::load_pem_chain(pem_bytes).map_err(|_| not_pem())?;
+    if certs.is_empty() || certs.len() > MAX_PEM_CHAIN {
+        return Err(not_pem());
+    }
+    certs
+        .iter()
+        .map(|c| c.to_der().map_err(|_| not_pem()))
+        .collect()
 }
 
 /// Reads a PEM certificate file and returns its DER.
@@ -409,7 +539,12 @@ fn create_dirs(paths: &PkiPaths) -> Result<(), PkiError> {
 
 /// Temp file in the same directory (created with `mode`), fsync, rename
 /// into place (refusing to replace unless `force`), fsync the directory.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32, force: bool) -> Result<(), PkiError> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    force: bool,
+) -> Result<(), PkiError> {
     let write_error = |source| PkiError::Write {
         path: path.to_owned(),
         source,
@@ -452,7 +587,7 @@ mod tests {
 
     use super::*;
     use crate::pki::testutil::{NO_KEYGEN, TEST_BITS, fixture, provider};
-    use crate::pki::{Identity, TrustAnchor, verify_peer};
+    use crate::pki::{Identity, TrustAnchor, verify_chain, verify_peer};
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -480,8 +615,13 @@ mod tests {
             ("device-1", 3072, 2048)
         );
         assert_eq!(
-            (o.validity_days, o.ca_validity_days, o.force),
-            (825, 3650, false)
+            (
+                o.validity_days,
+                o.server_validity_days,
+                o.ca_validity_days,
+                o.force
+            ),
+            (30, 825, 3650, false)
         );
         let p = PkiPaths::under(Path::new("/x"));
         assert_eq!(p.ca_cert(), Path::new("/x/certs/ca.pem"));
@@ -509,6 +649,8 @@ mod tests {
             [
                 "certs/ca.pem",
                 "keys/ca.key",
+                "certs/issuing-ca.pem",
+                "keys/issuing-ca.key",
                 "certs/server.pem",
                 "keys/server.key",
                 "certs/device-1.pem",
@@ -532,7 +674,9 @@ mod tests {
         for (stem, role) in [("server", Role::Server), ("device-1", Role::Device)] {
             let id =
                 Identity::load(&paths.cert_file(stem), &paths.key_file(stem), provider()).unwrap();
-            let peer = verify_peer(&anchor, id.cert_der(), role, None, now).unwrap();
+            // Issued by the issuing CA, whose certificate follows theirs.
+            assert!(verify_peer(&anchor, id.cert_der(), role, None, now).is_err());
+            let peer = verify_chain(&anchor, id.cert_der(), id.chain(), role, None, now).unwrap();
             assert_eq!(peer.name(), id.name());
         }
         let server = Identity::load(
@@ -543,9 +687,10 @@ mod tests {
         .unwrap();
         assert_eq!(server.name(), "localhost");
         for name in ["localhost", "127.0.0.1"] {
-            verify_peer(
+            verify_chain(
                 &anchor,
                 server.cert_der(),
+                server.chain(),
                 Role::Server,
                 Some(&name.parse().unwrap()),
                 now,
@@ -580,7 +725,7 @@ mod tests {
         );
         assert_eq!(mode(&issued[1]), 0o600);
         let id = Identity::load(&issued[0], &issued[1], provider()).unwrap();
-        verify_peer(&anchor, id.cert_der(), Role::Device, None, now).unwrap();
+        verify_chain(&anchor, id.cert_der(), id.chain(), Role::Device, None, now).unwrap();
         let again = issue_files(
             &paths,
             Role::Device,
@@ -668,6 +813,8 @@ mod tests {
                 .arg("verify")
                 .arg("-CAfile")
                 .arg(&ca)
+                .arg("-untrusted")
+                .arg(paths.issuing_cert())
                 .arg(&leaf)
                 .output()
                 .unwrap();
@@ -697,7 +844,7 @@ mod tests {
             "Salt Length: 0x20",
             "Subject: O=secured, CN=secured CA",
             "X509v3 Basic Constraints: critical",
-            "CA:TRUE, pathlen:0",
+            "CA:TRUE, pathlen:1",
             "X509v3 Key Usage: critical",
             "Certificate Sign, CRL Sign",
             "X509v3 Subject Key Identifier",
@@ -709,7 +856,7 @@ mod tests {
         }
         let server_text = text(&paths.cert_file("server"));
         for expected in [
-            "Issuer: O=secured, CN=secured CA",
+            "Issuer: O=secured, CN=secured CA issuing CA",
             "Subject: CN=localhost",
             "CA:FALSE",
             "Digital Signature, Key Encipherment",

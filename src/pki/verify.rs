@@ -14,7 +14,10 @@
 //! no unknown critical extension, keyUsage and extendedKeyUsage for the
 //! role, the RSA key size, and finally the name: subjectAltName for a server
 //! (the common name is never used for matching) and a valid device name for
-//! a device. A single CA signs every leaf, so there is no chain building.
+//! a device. Between the leaf and the anchor there may be up to
+//! [`MAX_INTERMEDIATES`] intermediate CA certificates, each checked as a CA
+//! (basicConstraints, keyCertSign, pathLenConstraint, validity, no name
+//! constraints) before its key is used.
 
 use std::fmt;
 use std::sync::Arc;
@@ -79,6 +82,12 @@ impl CertifiedPeer {
         hex::encode(&self.serial)
     }
 
+    /// The serial number's content octets, as a CRL lists them.
+    #[must_use]
+    pub fn serial(&self) -> &[u8] {
+        &self.serial
+    }
+
     /// End of the certificate's validity period.
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
@@ -135,15 +144,20 @@ impl fmt::Debug for VerifiedPeer {
     }
 }
 
-/// Verifies a peer's certificate against the trust anchor for `role`
-/// ([`Role::Server`] or [`Role::Device`]) at time `now`. For a server,
-/// `server_name` (when given) must match a subjectAltName entry exactly:
-/// DNS names case-insensitively without wildcards, IP addresses only
-/// against IP entries.
+/// Most intermediate CA certificates between a leaf and the trusted root
+/// (proto-spec.md §2.1): enough for a root and one issuing CA, with room
+/// for one more level.
+pub const MAX_INTERMEDIATES: usize = 2;
+
+/// Most certificates a peer may offer as its chain; one more than
+/// [`MAX_INTERMEDIATES`] so that a chain may end with the root itself.
+pub const MAX_CHAIN_CERTS: usize = MAX_INTERMEDIATES + 1;
+
+/// Verifies a peer's certificate issued directly by the trust anchor: the
+/// same checks as [`verify_chain`] with no intermediate certificates.
 ///
 /// # Errors
-/// One [`CertError`] variant per failed check (see the module docs), and
-/// [`CertError::CaRole`] when `role` is [`Role::Ca`].
+/// As [`verify_chain`].
 pub fn verify_peer(
     anchor: &TrustAnchor,
     cert_der: &[u8],
@@ -151,28 +165,42 @@ pub fn verify_peer(
     server_name: Option<&ServerName>,
     now: SystemTime,
 ) -> Result<CertifiedPeer, CertError> {
+    verify_chain(anchor, cert_der, &[], role, server_name, now)
+}
+
+/// Verifies a peer's certificate against the trust anchor for `role`
+/// ([`Role::Server`] or [`Role::Device`]) at time `now`, building the path
+/// through `intermediates` (the certificates the peer sent with its own,
+/// in any order; a copy of the root among them is ignored). For a server,
+/// `server_name` (when given) must match a subjectAltName entry exactly:
+/// DNS names case-insensitively without wildcards, IP addresses only
+/// against IP entries.
+///
+/// This is the one certificate profile of `secured`: the handshake, the
+/// download check and `secured pki verify` all call it.
+///
+/// # Errors
+/// One [`CertError`] variant per failed check (see the module docs), and
+/// [`CertError::CaRole`] when `role` is [`Role::Ca`].
+pub fn verify_chain(
+    anchor: &TrustAnchor,
+    cert_der: &[u8],
+    intermediates: &[Vec<u8>],
+    role: Role,
+    server_name: Option<&ServerName>,
+    now: SystemTime,
+) -> Result<CertifiedPeer, CertError> {
     if role == Role::Ca {
         return Err(CertError::CaRole);
     }
-    let parsed = parse(cert_der)?;
-    let tbs = parsed.tbs();
-
-    if tbs.issuer() != anchor.subject() {
-        return Err(if tbs.issuer() == tbs.subject() {
-            CertError::SelfSigned {
-                subject: tbs.subject().to_string(),
-                expected: anchor.subject().to_string(),
-            }
-        } else {
-            CertError::UnknownIssuer {
-                issuer: tbs.issuer().to_string(),
-                expected: anchor.subject().to_string(),
-            }
+    if intermediates.len() > MAX_CHAIN_CERTS {
+        return Err(CertError::ChainTooLong {
+            max: MAX_INTERMEDIATES,
         });
     }
-    parsed.verify_signature(anchor.public_key().as_ref())?;
+    let parsed = parse(cert_der)?;
+    verify_path(anchor, &parsed, intermediates, now)?;
 
-    anchor.check_validity(now)?;
     let (not_before, not_after) = (parsed.not_before(), parsed.not_after());
     if now < not_before {
         return Err(CertError::NotYetValid { not_before, now });
@@ -195,6 +223,9 @@ pub fn verify_peer(
             }
         }
         Role::Server => {
+            if parsed.san_strings().is_empty() {
+                return Err(CertError::MissingSubjectAltName);
+            }
             if let Some(wanted) = server_name {
                 check_server_name(&parsed, wanted)?;
             }
@@ -210,6 +241,137 @@ pub fn verify_peer(
         serial: parsed.serial().to_vec(),
         not_after,
     })
+}
+
+/// Checks a CA certificate that signs for us (an issuing CA): it must be a
+/// CA fit to sign certificates, valid at `now`, and chain to `anchor`
+/// through `intermediates`.
+///
+/// # Errors
+/// The [`CertError`] of the first failed check.
+pub fn verify_ca(
+    anchor: &TrustAnchor,
+    ca_der: &[u8],
+    intermediates: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<(), CertError> {
+    let parsed = parse(ca_der)?;
+    check_intermediate(&parsed, 0, anchor, now)?;
+    verify_path(anchor, &parsed, intermediates, now)
+}
+
+/// Walks from `leaf` up to the anchor: each certificate's issuer is either
+/// the anchor, whose key must verify its signature, or one of
+/// `intermediates`, which must be a CA fit to sign it (checked by
+/// [`check_intermediate`]) and whose key must verify its signature. At most
+/// [`MAX_INTERMEDIATES`] are used, each at most once, and every
+/// pathLenConstraint on the way (the anchor's included) must allow the
+/// intermediates below it.
+fn verify_path(
+    anchor: &TrustAnchor,
+    leaf: &ParsedCert<'_>,
+    intermediates: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<(), CertError> {
+    let mut used = [false; MAX_CHAIN_CERTS];
+    // Parsed lazily: an intermediate that does not parse is only an error
+    // if the path needs it.
+    let mut path: Vec<ParsedCert<'_>> = Vec::with_capacity(MAX_INTERMEDIATES);
+    loop {
+        let child = path.last().unwrap_or(leaf);
+        let issuer = child.tbs().issuer();
+        if issuer == anchor.subject() {
+            anchor.check_validity(now)?;
+            child.verify_signature(anchor.public_key().as_ref())?;
+            if let Some(path_len) = anchor.path_len()
+                && path.len() > usize::from(path_len)
+            {
+                return Err(CertError::PathLength {
+                    subject: anchor.subject().to_string(),
+                    path_len,
+                    below: path.len(),
+                });
+            }
+            return Ok(());
+        }
+        let found = intermediates.iter().enumerate().find_map(|(i, der)| {
+            if used[i] {
+                return None;
+            }
+            let candidate = parse(der).ok()?;
+            (candidate.tbs().subject() == issuer).then_some((i, candidate))
+        });
+        let Some((index, ca)) = found else {
+            let tbs = child.tbs();
+            return Err(if path.is_empty() && tbs.issuer() == tbs.subject() {
+                CertError::SelfSigned {
+                    subject: tbs.subject().to_string(),
+                    expected: anchor.subject().to_string(),
+                }
+            } else {
+                CertError::UnknownIssuer {
+                    issuer: issuer.to_string(),
+                    expected: anchor.subject().to_string(),
+                }
+            });
+        };
+        if path.len() == MAX_INTERMEDIATES {
+            return Err(CertError::ChainTooLong {
+                max: MAX_INTERMEDIATES,
+            });
+        }
+        let key = check_intermediate(&ca, path.len(), anchor, now).map_err(|source| {
+            CertError::Intermediate {
+                subject: ca.tbs().subject().to_string(),
+                source: Box::new(source),
+            }
+        })?;
+        child.verify_signature(key.as_ref())?;
+        used[index] = true;
+        path.push(ca);
+    }
+}
+
+/// The checks on an intermediate CA certificate with `below` intermediate
+/// CA certificates under it in the path; returns its public key.
+fn check_intermediate(
+    ca: &ParsedCert<'_>,
+    below: usize,
+    anchor: &TrustAnchor,
+    now: SystemTime,
+) -> Result<Arc<dyn RsaPublicKey>, CertError> {
+    if !ca.is_ca() {
+        return Err(CertError::NotCa);
+    }
+    if !ca
+        .ext
+        .key_usage
+        .is_some_and(|ku| ku.0.contains(KeyUsages::KeyCertSign))
+    {
+        return Err(CertError::MissingKeyUsage {
+            usage: "keyCertSign",
+        });
+    }
+    if ca.ext.name_constraints {
+        return Err(CertError::NameConstraints);
+    }
+    if let Some(path_len) = ca.path_len()
+        && below > usize::from(path_len)
+    {
+        return Err(CertError::PathLength {
+            subject: ca.tbs().subject().to_string(),
+            path_len,
+            below,
+        });
+    }
+    let (not_before, not_after) = (ca.not_before(), ca.not_after());
+    if now < not_before {
+        return Err(CertError::NotYetValid { not_before, now });
+    }
+    if now > not_after {
+        return Err(CertError::Expired { not_after, now });
+    }
+    ca.public_key(anchor.provider())
 }
 
 /// keyUsage and extendedKeyUsage for the role: a server decrypts the

@@ -31,8 +31,10 @@
 
 pub mod admission;
 mod publish;
+pub mod trust;
 
 pub use publish::{PublishError, Published, publish};
+pub use trust::{Trust, TrustHandle};
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -48,13 +50,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::admission::{Admission, AdmissionLimits, Ticket};
+use crate::handshake::HandshakeError;
 use crate::handshake::ServerConfig;
 use crate::index::now_ms;
 use crate::message::{AlertCode, Message};
+use crate::pki::CertificateAuthority;
+use crate::service::enroll::EnrollContext;
 use crate::service::{self, Context, Ending, Event, Events, Reply, SessionState};
 use crate::session::{
-    AcceptLimits, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, IoLimits, Progress, Session,
-    SessionError,
+    AcceptLimits, Accepted, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, IoLimits, Progress,
+    Session, SessionError,
 };
 use crate::store::{Store, StoreLimits};
 use crate::transfer::UploadLimits;
@@ -93,7 +98,21 @@ pub struct ServerSettings {
     /// How long events are kept for watchers that resume (proto-spec.md
     /// §13.9).
     pub notice_retention: Duration,
+    /// The issuing CA with its key: enrollment and renewal (proto-spec.md
+    /// §14), and a CRL the server keeps fresh. `None`: the server issues
+    /// nothing.
+    pub issuer: Option<Arc<CertificateAuthority>>,
+    /// Lifetime of the device certificates the server issues, in days.
+    pub device_validity_days: u32,
+    /// The CRL file followed (and, with an issuer, kept fresh); `None`:
+    /// no revocation checks.
+    pub crl_path: Option<PathBuf>,
+    /// Lifetime of the CRLs the server signs.
+    pub crl_lifetime: Duration,
 }
+
+/// Default lifetime of the device certificates the server issues.
+pub const DEFAULT_DEVICE_VALIDITY_DAYS: u32 = 30;
 
 /// Default time events are kept: a week.
 pub const DEFAULT_NOTICE_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -121,6 +140,10 @@ impl Default for ServerSettings {
             storage: StoreLimits::default(),
             publish: Vec::new(),
             notice_retention: DEFAULT_NOTICE_RETENTION,
+            issuer: None,
+            device_validity_days: DEFAULT_DEVICE_VALIDITY_DAYS,
+            crl_path: None,
+            crl_lifetime: crate::revocation::DEFAULT_CRL_LIFETIME,
         }
     }
 }
@@ -139,7 +162,7 @@ impl ServerSettings {
 /// A server, before it runs: configuration, settings, and the event
 /// channel anyone can watch ([`Server::events`]).
 pub struct Server {
-    config: ServerConfig,
+    trust: TrustHandle,
     settings: ServerSettings,
     events: Events,
 }
@@ -162,11 +185,23 @@ impl Server {
     /// A server with this identity and these settings.
     #[must_use]
     pub fn new(config: ServerConfig, settings: ServerSettings) -> Self {
-        Self {
+        let trust = TrustHandle::new(Trust {
             config,
+            issuer: settings.issuer.clone(),
+            crl: None,
+        });
+        Self {
+            trust,
             settings,
             events: Events::default(),
         }
+    }
+
+    /// The server's certificates, keys and CRL: replace them (on SIGHUP)
+    /// through this handle while the server runs.
+    #[must_use]
+    pub fn trust(&self) -> &TrustHandle {
+        &self.trust
     }
 
     /// What the server does, as it happens ([`Event`]s).
@@ -206,7 +241,7 @@ impl Server {
             );
         }
         for path in &self.settings.publish {
-            match publish(&store, &self.config.identity, path).await? {
+            match publish(&store, &self.trust.current().config.identity, path).await? {
                 Published::Stored {
                     stored_as,
                     id,
@@ -223,8 +258,20 @@ impl Server {
             .await
             .map_err(std::io::Error::other)?;
         let stop = CancellationToken::new();
+        // Fail closed: a CRL that is there but does not verify stops the
+        // server, unless it holds the issuing CA and signs a good one now.
+        if let Some(path) = &self.settings.crl_path
+            && path.exists()
+            && !trust::load_into(&self.trust, path)
+            && self.settings.issuer.is_none()
+        {
+            return Err(std::io::Error::other(format!(
+                "the CRL {} does not verify (the log says why); replace it with one the issuing CA signed, or remove it to run without revocation",
+                path.display()
+            )));
+        }
         let shared = Arc::new(Shared {
-            config: self.config,
+            trust: self.trust,
             admission: Admission::new(self.settings.admission()),
             sessions: Arc::new(Semaphore::new(self.settings.max_connections.max(1))),
             settings: self.settings,
@@ -240,9 +287,18 @@ impl Server {
             shared.settings.notice_retention,
             shutdown.clone(),
         ));
+        if let Some(path) = &shared.settings.crl_path {
+            tokio::spawn(trust::follow_crl(
+                shared.trust.clone(),
+                path.clone(),
+                shared.store.clone(),
+                shared.settings.crl_lifetime,
+                shutdown.clone(),
+            ));
+        }
         let tracker = TaskTracker::new();
         if let Ok(addr) = listener.local_addr() {
-            info!(%addr, provider = shared.config.provider.name, "listening");
+            info!(%addr, provider = shared.trust.current().config.provider.name, "listening");
         }
         loop {
             let (socket, peer) = tokio::select! {
@@ -304,7 +360,7 @@ impl Server {
 
 /// What every connection task shares.
 struct Shared {
-    config: ServerConfig,
+    trust: TrustHandle,
     settings: ServerSettings,
     store: Store,
     events: Events,
@@ -429,25 +485,67 @@ async fn serve_connection(
         }
     };
     let pool = &ticket;
+    let trust = shared.trust.current();
     let accepted =
-        Session::accept(
+        Session::accept_any(
             socket,
-            shared.config.clone(),
+            trust.config.clone(),
             limits,
             interrupt,
             |step| match step {
                 Progress::Hello { claimed } => {
                     span.record("claimed", claimed.name());
                     pool.hello();
+                    // Before any private-key operation: a revoked device costs
+                    // no RSA decryption (proto-spec.md §14.5).
+                    trust
+                        .check_serial(claimed.serial(), std::time::SystemTime::now())
+                        .map_err(|(code, reason)| HandshakeError::Refused(code, reason))
                 }
                 Progress::Proven { device } => {
                     span.record("device", device.name());
+                    Ok(())
+                }
+                // An enrolling device is not authenticated: it stays in the
+                // pool of pending connections, evictable, for its whole session.
+                Progress::Enrolling { name } => {
+                    span.record("claimed", name);
+                    Ok(())
                 }
             },
         )
         .await;
     let mut session = match accepted {
-        Ok(s) => s,
+        Ok(Accepted::Device(s)) => s,
+        Ok(Accepted::Enrollee(mut s)) => {
+            let cx = EnrollContext {
+                issuer: trust.issuer.as_deref(),
+                root: &trust.config.anchor,
+                validity_days: shared.settings.device_validity_days,
+                index: shared.store.index(),
+            };
+            // Until it holds a certificate it counts, and may be evicted,
+            // like any connection in its handshake (proto-spec.md §10.1).
+            let served = tokio::select! {
+                ending = service::enroll::serve(&mut s, &cx) => Some(ending),
+                () = ticket.evicted() => None,
+                () = shared.shutdown.cancelled() => None,
+            };
+            let ending = match served {
+                Some(ending) => ending,
+                None => {
+                    s.abort(AlertCode::Unavailable).await;
+                    Ending::Alert(AlertCode::Unavailable)
+                }
+            };
+            drop(s);
+            shared.events.publish(Event::Closed {
+                peer,
+                device: None,
+                ending,
+            });
+            return;
+        }
         Err(e) => {
             let ending = match &e {
                 SessionError::Stopped if ticket.is_evicted() => {
@@ -471,6 +569,7 @@ async fn serve_connection(
             return;
         }
     };
+    drop(trust);
     // The device proved its key: it leaves the pool of pending handshakes.
     ticket.release();
     let device = session.peer().name().to_owned();
@@ -506,16 +605,7 @@ async fn serve_connection(
 
 /// How a session error ends the connection.
 fn ending_of(e: &SessionError) -> Ending {
-    if let Some((code, authenticated)) = e.peer_alert() {
-        return Ending::PeerAlert {
-            code,
-            authenticated,
-        };
-    }
-    match e {
-        SessionError::Truncated => Ending::Truncated,
-        other => other.alert().map_or(Ending::Failed, Ending::Alert),
-    }
+    Ending::of(e)
 }
 
 /// Serves an established session until it ends; returns how it ended.
@@ -525,6 +615,10 @@ async fn serve_session(
     _slot: OwnedSemaphorePermit,
 ) -> Ending {
     let mut state = SessionState::default();
+    // Revocation is checked again whenever the CRL (or the whole trust)
+    // changes, and once now for a change since the handshake.
+    let mut trust_changes = shared.trust.subscribe();
+    trust_changes.mark_changed();
     loop {
         // Once shutdown is requested, a session goes on only while a file
         // is in flight, and never past the grace period (the stop token
@@ -558,6 +652,7 @@ async fn serve_session(
                     }
                 }, if watching => Wake::Notices,
                 () = shared.shutdown.cancelled(), if !draining && !busy => Wake::Shutdown,
+                Ok(()) = trust_changes.changed() => Wake::Trust,
             }
         };
         let next = match wake {
@@ -575,6 +670,19 @@ async fn serve_session(
                 continue;
             }
             Wake::Shutdown => continue,
+            Wake::Trust => {
+                let now = std::time::SystemTime::now();
+                if let Err((code, reason)) = shared
+                    .trust
+                    .current()
+                    .check_serial(session.peer().serial(), now)
+                {
+                    warn!(alert = %code, reason, "closing the session of a refused certificate");
+                    session.abort(code).await;
+                    return Ending::Alert(code);
+                }
+                continue;
+            }
         };
         let msg = match next {
             Ok(m) => m,
@@ -599,7 +707,8 @@ async fn serve_session(
                 }
             };
         }
-        let cx = context(session, shared, draining);
+        let trust = shared.trust.current();
+        let cx = context(session, shared, &trust, draining);
         let result = match service::dispatch(msg, &mut state, &cx).await {
             Reply::None => Ok(()),
             Reply::Send(reply) => session.send(&reply).await,
@@ -626,10 +735,17 @@ enum Wake {
     Notices,
     /// Shutdown was requested.
     Shutdown,
+    /// The certificates or the CRL changed.
+    Trust,
 }
 
 /// What a service may use, for `session`.
-fn context<'a>(session: &'a Session<TcpStream>, shared: &'a Shared, draining: bool) -> Context<'a> {
+fn context<'a>(
+    session: &'a Session<TcpStream>,
+    shared: &'a Shared,
+    trust: &'a Trust,
+    draining: bool,
+) -> Context<'a> {
     Context {
         device: session.peer(),
         store: &shared.store,
@@ -637,6 +753,9 @@ fn context<'a>(session: &'a Session<TcpStream>, shared: &'a Shared, draining: bo
         events: &shared.events,
         commits: &shared.commits,
         draining,
+        issuer: trust.issuer.as_deref(),
+        validity_days: shared.settings.device_validity_days,
+        provider: trust.config.provider,
     }
 }
 
@@ -683,7 +802,8 @@ async fn send_notices(
         return Ok(());
     };
     let notes = {
-        let cx = context(session, shared, draining);
+        let trust = shared.trust.current();
+        let cx = context(session, shared, &trust, draining);
         watch.poll(&cx).await
     };
     match notes {

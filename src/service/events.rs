@@ -75,6 +75,23 @@ pub enum Ending {
     Failed,
 }
 
+impl Ending {
+    /// How a session error ends the connection.
+    #[must_use]
+    pub fn of(e: &crate::session::SessionError) -> Self {
+        if let Some((code, authenticated)) = e.peer_alert() {
+            return Self::PeerAlert {
+                code,
+                authenticated,
+            };
+        }
+        match e {
+            crate::session::SessionError::Truncated => Self::Truncated,
+            other => other.alert().map_or(Self::Failed, Self::Alert),
+        }
+    }
+}
+
 /// The sending side of the event channel; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Events(broadcast::Sender<Event>);

@@ -7,6 +7,9 @@
 //! * [`list`]: `LIST` listings (proto-spec.md §13.5).
 //! * [`fetch`]: `FTCH` verified downloads (proto-spec.md §13.5).
 //! * [`watch`]: `WTCH` notices of new files (proto-spec.md §13.5).
+//! * [`renew`]: `RNEW` certificate renewal (proto-spec.md §14.4).
+//! * [`enroll`]: enrollment sessions (proto-spec.md §14.3), which never
+//!   reach [`dispatch`]: their peer is not a device yet.
 //!
 //! `PING` is answered here with `PONG`.
 //!
@@ -16,9 +19,11 @@
 //! opens a stream (proto-spec.md §8.1), including types this version does
 //! not know (§8.6).
 
+pub mod enroll;
 pub mod events;
 pub mod fetch;
 pub mod list;
+pub mod renew;
 pub mod text;
 pub mod upload;
 pub mod watch;
@@ -27,7 +32,7 @@ pub use events::{Ending, Event, Events};
 
 use crate::index::FileEntry;
 use crate::message::{Ack, AckStatus, AlertCode, FileInfo, Imgx, Message, StreamId};
-use crate::pki::VerifiedPeer;
+use crate::pki::{CertificateAuthority, VerifiedPeer};
 use crate::store::Store;
 use crate::transfer::UploadLimits;
 
@@ -45,6 +50,12 @@ pub struct Context<'a> {
     pub commits: &'a tokio::sync::watch::Sender<u64>,
     /// The server is shutting down: no new stream is accepted.
     pub draining: bool,
+    /// The issuing CA, when the server holds its key (renewal).
+    pub issuer: Option<&'a CertificateAuthority>,
+    /// Lifetime of the certificates issued, in days.
+    pub validity_days: u32,
+    /// The crypto backend.
+    pub provider: &'static crate::crypto::CryptoProvider,
 }
 
 /// What the services remember about one session.
@@ -174,6 +185,7 @@ pub async fn dispatch(msg: Message, state: &mut SessionState, cx: &Context<'_>) 
         Message::List(m) => Some(m.stream),
         Message::Ftch(m) => Some(m.stream),
         Message::Wtch(m) => Some(m.stream),
+        Message::Rnew(m) => Some(m.stream),
         Message::Unknown {
             stream: Some(s), ..
         } => Some(*s),
@@ -196,6 +208,7 @@ pub async fn dispatch(msg: Message, state: &mut SessionState, cx: &Context<'_>) 
         Message::List(m) => list::handle(m, cx).await,
         Message::Ftch(m) => fetch::handle(m, &mut state.download, cx).await,
         Message::Wtch(m) => watch::handle(m, &mut state.watch, cx).await,
+        Message::Rnew(m) => renew::handle(m, cx).await,
         Message::Ping(data) => Reply::Send(Message::Pong(data)),
         Message::Unknown {
             kind,

@@ -84,6 +84,16 @@ pub async fn start_server_in(data: &Path, adjust: impl FnOnce(&mut ServerSetting
     spawn(pki().server_config(), data, None, adjust).await
 }
 
+/// Starts a server with `config` on the data folder `data`, letting
+/// `adjust` change the settings.
+pub async fn start_server_at(
+    config: ServerConfig,
+    data: &Path,
+    adjust: impl FnOnce(&mut ServerSettings),
+) -> TestServer {
+    spawn(config, data, None, adjust).await
+}
+
 async fn spawn(
     config: ServerConfig,
     data: &Path,

@@ -24,3 +24,16 @@ pub fn eventually_blocking(mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(POLL_EVERY);
     }
 }
+
+/// Waits until `cond` holds, looking every 10 ms, for at most `within`;
+/// panics if it never does.
+pub async fn until(within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "the condition did not hold within {within:?}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}

@@ -436,7 +436,7 @@ async fn truncation_without_endd_is_reported_by_the_device() {
             server_config(),
             secured::session::AcceptLimits::default(),
             std::future::pending(),
-            |_| {},
+            |_| Ok(()),
         )
         .await
             .unwrap();
