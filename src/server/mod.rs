@@ -558,7 +558,7 @@ async fn serve_connection(
                 }
                 other => {
                     warn!(error = %other, "handshake failed");
-                    ending_of(other)
+                    Ending::of(other)
                 }
             };
             shared.events.publish(Event::Closed {
@@ -601,11 +601,6 @@ async fn serve_connection(
         device: Some(device),
         ending,
     });
-}
-
-/// How a session error ends the connection.
-fn ending_of(e: &SessionError) -> Ending {
-    Ending::of(e)
 }
 
 /// Serves an established session until it ends; returns how it ended.
@@ -703,7 +698,7 @@ async fn serve_session(
                 }
                 Err(e) => {
                     warn!(error = %e, "the device did not end the session cleanly after ENDD");
-                    ending_of(&e)
+                    Ending::of(&e)
                 }
             };
         }
@@ -835,5 +830,5 @@ async fn fail(session: &mut Session<TcpStream>, e: &SessionError) -> Ending {
     if let Some(code) = e.alert() {
         session.abort(code).await;
     }
-    ending_of(e)
+    Ending::of(e)
 }

@@ -21,7 +21,7 @@ use crate::crypto::token::verify_enroll_proof;
 use crate::index::{Index, Redeem, now_ms};
 use crate::message::{AlertCode, CertMsg, Enrq, Message};
 use crate::pki::{CertificateAuthority, ProvenRequest, Role, TrustAnchor, Validity};
-use crate::session::{ENROLLMENT_SESSION_LIMIT, Session, SessionError};
+use crate::session::{ENROLLMENT_SESSION_LIMIT, Session};
 
 /// What enrollment needs from the server.
 pub struct EnrollContext<'a> {
@@ -84,7 +84,7 @@ pub async fn serve(
             warn!(kind = %other.kind(), "an enrolling device sent something other than ENRQ");
             return refuse(session, AlertCode::UnexpectedMessage).await;
         }
-        Err(e) => return session_ending(&e),
+        Err(e) => return Ending::of(&e),
     };
     match redeem(session, &enrq, cx).await {
         Ok(issued) => {
@@ -97,11 +97,11 @@ pub async fn serve(
                 chain,
             });
             if let Err(e) = session.send(&reply).await {
-                return session_ending(&e);
+                return Ending::of(&e);
             }
             match session.close(Duration::from_secs(10)).await {
                 Ok(()) => Ending::Clean,
-                Err(e) => session_ending(&e),
+                Err(e) => Ending::of(&e),
             }
         }
         Err(code) => {
@@ -183,8 +183,4 @@ fn internal(e: &dyn std::fmt::Display) -> AlertCode {
 async fn refuse(session: &mut Session<TcpStream, ProvenRequest>, code: AlertCode) -> Ending {
     session.abort(code).await;
     Ending::Alert(code)
-}
-
-fn session_ending(e: &SessionError) -> Ending {
-    Ending::of(e)
 }
