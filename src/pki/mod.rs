@@ -16,6 +16,8 @@
 //! * [`verify`]: peer certificate verification.
 //! * [`issue`]: the CA and certificate issuance (x509-cert builder).
 //! * [`store`]: PEM files on disk (keys 0600, no overwrite without force).
+//! * [`keyfile`]: passphrase-encrypted keys (PKCS#8 with PBES2, scrypt and
+//!   AES-256-CBC) and where the passphrase comes from.
 //!
 //! Certificates are X.509 v3 signed with RSASSA-PSS-SHA256 (MGF1-SHA256,
 //! 32-byte salt) only; RSA operations go through the
@@ -25,6 +27,7 @@ pub mod anchor;
 mod error;
 pub mod identity;
 pub mod issue;
+pub mod keyfile;
 mod names;
 mod parse;
 pub mod store;
@@ -37,9 +40,11 @@ pub use anchor::TrustAnchor;
 pub use error::{CertError, PkiError};
 pub use identity::Identity;
 pub use issue::{CertificateAuthority, IssuedLeaf, Validity};
+pub use keyfile::{Passphrase, PassphraseSource};
 pub use names::{Role, ServerName, validate_device_name};
 pub use parse::MAX_CERT_LEN;
 pub use store::{
     InitOptions, IssueOptions, PkiPaths, init, issue_files, write_cert_pem, write_key_pem,
+    write_key_pem_encrypted,
 };
 pub use verify::{CertifiedPeer, KeyPossession, VerifiedPeer, verify_peer};
