@@ -19,6 +19,7 @@ use crate::client::ClientError;
 use crate::config::{ConfigError, FileConfig};
 use crate::logging::{self, LogFormat};
 use crate::pki::PkiError;
+use crate::pki::keyfile::{PASSPHRASE_ENV, PassphraseSource};
 
 /// secured: send text and files (images, video, anything) from devices to a
 /// server over a mutually authenticated, encrypted protocol.
@@ -40,6 +41,12 @@ pub struct Cli {
     /// when built in, otherwise rustcrypto].
     #[arg(long, global = true, value_name = "BACKEND")]
     crypto: Option<String>,
+    /// File whose first line is the passphrase of encrypted private keys,
+    /// read only when one is met or written [default: the
+    /// SECURED_KEY_PASSPHRASE environment variable, else asked on the
+    /// terminal].
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,7 +120,7 @@ fn load_own_identity(
     refuse_open_key(key)?;
     let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
-    let identity = crate::pki::Identity::load(cert, key, provider)?;
+    let identity = crate::pki::Identity::load_with(cert, key, Some(passphrase_source()), provider)?;
     crate::pki::verify_peer(
         &anchor,
         identity.cert_der(),
@@ -244,6 +251,26 @@ fn provider() -> &'static crate::crypto::CryptoProvider {
         .unwrap_or_else(crate::crypto::default_provider)
 }
 
+/// Where this run takes the passphrase of encrypted keys from.
+static PASSPHRASE: std::sync::OnceLock<PassphraseSource> = std::sync::OnceLock::new();
+
+/// Where this run takes the passphrase of encrypted keys from:
+/// `--passphrase-file`, else the environment variable when it is set, else
+/// the terminal.
+fn passphrase_source() -> &'static PassphraseSource {
+    PASSPHRASE.get_or_init(|| choose_passphrase_source(None))
+}
+
+fn choose_passphrase_source(file: Option<PathBuf>) -> PassphraseSource {
+    match file {
+        Some(path) => PassphraseSource::File(path),
+        None if std::env::var_os(PASSPHRASE_ENV).is_some() => {
+            PassphraseSource::Env(PASSPHRASE_ENV.to_owned())
+        }
+        None => PassphraseSource::Prompt,
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
     // Documentation needs neither the configuration file nor a runtime.
     match &cli.command {
@@ -271,6 +298,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     };
     let format = cli.log_format.or(file.log.format).unwrap_or_default();
     let _ = LOG_FORMAT.set(format);
+    let _ = PASSPHRASE.set(choose_passphrase_source(cli.passphrase_file.clone()));
     let level = cli
         .log_level
         .clone()
