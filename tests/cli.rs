@@ -22,7 +22,12 @@ fn pki_init_writes_certificates_and_private_keys_0600() {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
         assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{f}");
     }
-    for f in ["keys/ca.key", "keys/server.key", "keys/device-1.key"] {
+    for f in [
+        "keys/ca.key",
+        "keys/issuing-ca.key",
+        "keys/server.key",
+        "keys/device-1.key",
+    ] {
         let meta = std::fs::metadata(dir.join(f)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
@@ -40,6 +45,150 @@ fn pki_init_refuses_to_overwrite_without_force() {
         before,
         std::fs::read(dir.path().join("keys/ca.key")).unwrap()
     );
+}
+
+/// Keys encrypted with a passphrase: `pki init --encrypt-keys` writes them,
+/// every command that reads one takes the passphrase from
+/// SECURED_KEY_PASSPHRASE or --passphrase-file, and without either (standard
+/// input is not a terminal) says how to give it.
+#[test]
+fn encrypted_keys_need_their_passphrase() {
+    const NEEDED: &str = "is encrypted: give its passphrase with --passphrase-file FILE or the SECURED_KEY_PASSPHRASE environment variable, or run on a terminal to be asked";
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], passphrase: Option<&str>| {
+        let mut command = command(dir.path());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("SECURED_KEY_PASSPHRASE");
+        if let Some(passphrase) = passphrase {
+            command.env("SECURED_KEY_PASSPHRASE", passphrase);
+        }
+        command.output().expect("run secured")
+    };
+    let starts_with = |file: &str, begin: &str| {
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        assert!(text.starts_with(begin), "{file}: {text}");
+    };
+    const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----\n";
+
+    // Without a passphrase, nothing is written.
+    let init = ["pki", "init", "--ca-bits", "2048", "--encrypt-keys"];
+    assert_error_is(
+        &run(&init, None),
+        "encrypting the keys needs a passphrase: give it with --passphrase-file FILE or the SECURED_KEY_PASSPHRASE environment variable, or run on a terminal to be asked",
+    );
+    assert!(!dir.path().join("keys").exists());
+    assert_success(&run(&init, Some("correct horse")));
+    for f in [
+        "keys/ca.key",
+        "keys/issuing-ca.key",
+        "keys/server.key",
+        "keys/device-1.key",
+    ] {
+        let meta = std::fs::metadata(dir.path().join(f)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        starts_with(f, ENCRYPTED);
+    }
+
+    // `pki issue` needs the issuing CA key's passphrase, and a right one.
+    let issue = ["pki", "issue", "--role", "device", "--name", "device-2"];
+    assert_error_is(
+        &run(&issue, None),
+        &format!("the key file keys/issuing-ca.key {NEEDED}"),
+    );
+    assert_error_is(
+        &run(&issue, Some("correct")),
+        "the passphrase for keys/issuing-ca.key is wrong (or the file is damaged); try again",
+    );
+    assert!(!dir.path().join("certs/device-2.pem").exists());
+    assert_success(&run(&issue, Some("correct horse")));
+    starts_with("keys/device-2.key", "-----BEGIN PRIVATE KEY-----\n");
+    // From a file, and with the new key encrypted.
+    std::fs::write(dir.path().join("pass"), "correct horse\n").unwrap();
+    let out = run(
+        &[
+            "pki",
+            "issue",
+            "--role",
+            "device",
+            "--name",
+            "device-3",
+            "--encrypt-keys",
+            "--passphrase-file",
+            "pass",
+        ],
+        None,
+    );
+    assert_success(&out);
+    starts_with("keys/device-3.key", ENCRYPTED);
+
+    // The server and the devices read their encrypted keys.
+    assert_error_is(
+        &run(&["serve", "--listen", "127.0.0.1:0"], None),
+        &format!("the key file keys/server.key {NEEDED}"),
+    );
+    let server = ServerProcess::start_with(dir.path(), &["--passphrase-file", "pass"]);
+    let send = |name: &'static str| {
+        [
+            "device",
+            "send-text",
+            "--server",
+            server.addr.as_str(),
+            "--name",
+            name,
+            "hello",
+        ]
+    };
+    assert_error_is(
+        &run(&send("device-3"), None),
+        &format!("the key file keys/device-3.key {NEEDED}"),
+    );
+    assert_success(&run(&send("device-3"), Some("correct horse")));
+    assert_success(&run(&send("device-1"), Some("correct horse")));
+    // A plain key needs no passphrase.
+    assert_success(&run(&send("device-2"), None));
+    server.wait_for(&["text received", "device-3"]);
+
+    // The server signs enrollments with its encrypted issuing CA key (a
+    // token needs no key), and a device may keep its own key encrypted from
+    // the start, and through a renewal with a new key.
+    let out = run(&["admin", "token", "--name", "device-4"], None);
+    assert_success(&out);
+    let token = String::from_utf8(out.stdout).unwrap();
+    let enroll = [
+        "device",
+        "enroll",
+        "--server",
+        server.addr.as_str(),
+        "--token",
+        token.trim(),
+        "--encrypt-key",
+    ];
+    assert_error_is(
+        &run(&enroll, None),
+        "encrypting the keys needs a passphrase: give it with --passphrase-file FILE or the SECURED_KEY_PASSPHRASE environment variable, or run on a terminal to be asked",
+    );
+    assert_success(&run(&enroll, Some("battery staple")));
+    starts_with("keys/device-4.key", ENCRYPTED);
+    assert_success(&run(&send("device-4"), Some("battery staple")));
+    let before = std::fs::read(dir.path().join("keys/device-4.key")).unwrap();
+    let renew = [
+        "device",
+        "renew",
+        "--server",
+        server.addr.as_str(),
+        "--name",
+        "device-4",
+        "--new-key",
+    ];
+    assert_success(&run(&renew, Some("battery staple")));
+    starts_with("keys/device-4.key", ENCRYPTED);
+    assert_ne!(
+        before,
+        std::fs::read(dir.path().join("keys/device-4.key")).unwrap()
+    );
+    assert_success(&run(&send("device-4"), Some("battery staple")));
 }
 
 #[test]

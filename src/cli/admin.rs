@@ -178,9 +178,10 @@ fn load_issuer(r: &Resolved) -> Result<CertificateAuthority, CliError> {
         )));
     }
     super::refuse_open_key(&r.issuing_key)?;
-    Ok(CertificateAuthority::load(
+    Ok(CertificateAuthority::load_with(
         &r.issuing_cert,
         &r.issuing_key,
+        Some(super::passphrase_source()),
         super::provider(),
     )?)
 }

@@ -14,8 +14,8 @@ use crate::client::{ClientSettings, DeviceClient, EnrollRequest, IssuedCertifica
 use crate::config::{DEFAULT_LISTEN, FileConfig};
 use crate::crypto::RsaPrivateKey;
 use crate::pki::{
-    EnrollmentToken, PkiPaths, ServerName, generate_key_pair, write_cert_chain_pem, write_cert_pem,
-    write_key_pem,
+    EnrollmentToken, Passphrase, PkiPaths, ServerName, generate_key_pair, key_is_encrypted,
+    write_cert_chain_pem, write_cert_pem, write_key_pem, write_key_pem_encrypted,
 };
 
 /// Options of `device enroll`.
@@ -36,6 +36,11 @@ pub(super) struct EnrollArgs {
     /// Replace an existing key and certificate of that name.
     #[arg(long)]
     force: bool,
+    /// Store the new key encrypted with a passphrase (from
+    /// --passphrase-file, SECURED_KEY_PASSPHRASE, else asked twice on the
+    /// terminal).
+    #[arg(long)]
+    encrypt_key: bool,
 }
 
 /// Options of `device renew`.
@@ -125,6 +130,13 @@ pub(super) async fn run_enroll(
             }
         }
     }
+    // Asked for before the token is spent, so a mistyped passphrase costs
+    // nothing.
+    let passphrase = if args.encrypt_key {
+        Some(super::passphrase_source().new_passphrase()?)
+    } else {
+        None
+    };
     let provider = super::provider();
     let (pkcs8, key) = generate_key_pair(args.bits, provider)?;
     let spki = key.public_key_spki_der().to_vec();
@@ -141,7 +153,10 @@ pub(super) async fn run_enroll(
     .await?;
 
     create_dirs(&paths)?;
-    write_key_pem(&key_path, &pkcs8, args.force)?;
+    match &passphrase {
+        Some(passphrase) => write_key_pem_encrypted(&key_path, &pkcs8, passphrase, args.force)?,
+        None => write_key_pem(&key_path, &pkcs8, args.force)?,
+    }
     write_cert_chain_pem(&cert_path, &issued.certificate, &issued.chain, args.force)?;
     let root_path = paths.ca_cert();
     match std::fs::read(&root_path) {
@@ -193,7 +208,8 @@ fn create_dirs(paths: &PkiPaths) -> Result<(), CliError> {
 /// to `<key>.next` first, then the certificate replaces the old one, then
 /// the key is renamed into place. A crash in between leaves a certificate
 /// whose key is `<key>.next`, which loading the identity completes
-/// ([`crate::pki::complete_key_rotation`]).
+/// ([`crate::pki::complete_key_rotation`]). The new key is encrypted with
+/// `passphrase` when one is given.
 ///
 /// # Errors
 /// Write errors naming the file.
@@ -202,10 +218,13 @@ pub(super) fn store_renewed(
     key_path: &Path,
     issued: &IssuedCertificate,
     new_key: Option<&[u8]>,
+    passphrase: Option<&Passphrase>,
 ) -> Result<(), CliError> {
     let next = crate::pki::next_key_path(key_path);
-    if let Some(pkcs8) = new_key {
-        write_key_pem(&next, pkcs8, true)?;
+    match (new_key, passphrase) {
+        (Some(pkcs8), Some(passphrase)) => write_key_pem_encrypted(&next, pkcs8, passphrase, true)?,
+        (Some(pkcs8), None) => write_key_pem(&next, pkcs8, true)?,
+        (None, _) => {}
     }
     write_cert_chain_pem(cert_path, &issued.certificate, &issued.chain, true)?;
     if new_key.is_some() {
@@ -246,6 +265,13 @@ pub(super) async fn run_renew(
     file: &FileConfig,
 ) -> Result<(), CliError> {
     let resolved = super::device::resolve(conn, file)?;
+    // A key that was encrypted stays encrypted, under the same passphrase,
+    // asked for before the server issues anything.
+    let passphrase = if args.new_key && key_is_encrypted(&resolved.key_path) {
+        Some(super::passphrase_source().passphrase_for(&resolved.key_path)?)
+    } else {
+        None
+    };
     let bits = args.bits;
     let settings = resolved.settings();
     let mut client = DeviceClient::connect(&resolved.addr, resolved.config, settings).await?;
@@ -256,6 +282,7 @@ pub(super) async fn run_renew(
         &resolved.key_path,
         &issued,
         pkcs8.as_deref().map(Vec::as_slice),
+        passphrase.as_ref(),
     )?;
     println!(
         "renewed: {} (serial {}, valid {} days){}",

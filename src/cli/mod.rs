@@ -21,6 +21,7 @@ use crate::client::ClientError;
 use crate::config::{ConfigError, FileConfig};
 use crate::logging::{self, LogFormat};
 use crate::pki::PkiError;
+use crate::pki::keyfile::{PASSPHRASE_ENV, PassphraseSource};
 
 /// secured: send text and files (images, video, anything) from devices to a
 /// server over a mutually authenticated, encrypted protocol.
@@ -42,6 +43,12 @@ pub struct Cli {
     /// when built in, otherwise rustcrypto].
     #[arg(long, global = true, value_name = "BACKEND")]
     crypto: Option<String>,
+    /// File whose first line is the passphrase of encrypted private keys,
+    /// read only when one is met or written [default: the
+    /// SECURED_KEY_PASSPHRASE environment variable, else asked on the
+    /// terminal].
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,8 +125,9 @@ fn load_own_identity(
     refuse_open_key(key)?;
     let provider = provider();
     let anchor = crate::pki::TrustAnchor::load(ca, provider)?;
-    crate::pki::complete_key_rotation(cert, key, provider)?;
-    let identity = crate::pki::Identity::load(cert, key, provider)?;
+    let passphrase = Some(passphrase_source());
+    crate::pki::complete_key_rotation(cert, key, passphrase, provider)?;
+    let identity = crate::pki::Identity::load_with(cert, key, passphrase, provider)?;
     crate::pki::verify_chain(
         &anchor,
         identity.cert_der(),
@@ -251,6 +259,26 @@ fn provider() -> &'static crate::crypto::CryptoProvider {
         .unwrap_or_else(crate::crypto::default_provider)
 }
 
+/// Where this run takes the passphrase of encrypted keys from.
+static PASSPHRASE: std::sync::OnceLock<PassphraseSource> = std::sync::OnceLock::new();
+
+/// Where this run takes the passphrase of encrypted keys from:
+/// `--passphrase-file`, else the environment variable when it is set, else
+/// the terminal.
+fn passphrase_source() -> &'static PassphraseSource {
+    PASSPHRASE.get_or_init(|| choose_passphrase_source(None))
+}
+
+fn choose_passphrase_source(file: Option<PathBuf>) -> PassphraseSource {
+    match file {
+        Some(path) => PassphraseSource::File(path),
+        None if std::env::var_os(PASSPHRASE_ENV).is_some() => {
+            PassphraseSource::Env(PASSPHRASE_ENV.to_owned())
+        }
+        None => PassphraseSource::Prompt,
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
     // Documentation needs neither the configuration file nor a runtime.
     match &cli.command {
@@ -278,6 +306,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     };
     let format = cli.log_format.or(file.log.format).unwrap_or_default();
     let _ = LOG_FORMAT.set(format);
+    let _ = PASSPHRASE.set(choose_passphrase_source(cli.passphrase_file.clone()));
     let level = cli
         .log_level
         .clone()

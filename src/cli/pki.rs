@@ -20,13 +20,15 @@ Examples:
   secured pki init                                   # certs/ and keys/ in this folder
                                                      # (then move keys/ca.key offline)
   secured pki init --server-name server.example.net --server-name 192.0.2.10
-  secured pki init --certs-dir /etc/secured/certs --keys-dir /etc/secured/keys --device cam-1";
+  secured pki init --certs-dir /etc/secured/certs --keys-dir /etc/secured/keys --device cam-1
+  secured pki init --encrypt-keys                    # keys encrypted with a passphrase typed twice";
 
 const ISSUE_EXAMPLES: &str = "\
 Examples:
   secured pki issue --role device --name cam-2
   secured pki issue --role server --name server.example.net --san 192.0.2.10
-  secured pki issue --role device --name cam-2 --days 90 --force    # replace cam-2's files";
+  secured pki issue --role device --name cam-2 --days 90 --force    # replace cam-2's files
+  secured pki issue --role device --name cam-3 --encrypt-keys --passphrase-file cam-3.pass";
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PkiCommand {
@@ -59,6 +61,11 @@ pub(super) enum PkiCommand {
         /// Replace existing certificates and keys.
         #[arg(long)]
         force: bool,
+        /// Encrypt the private keys with a passphrase (from --passphrase-file,
+        /// the SECURED_KEY_PASSPHRASE environment variable, or typed twice on
+        /// the terminal).
+        #[arg(long)]
+        encrypt_keys: bool,
     },
     /// Issue a further server or device certificate with the issuing CA in
     /// the certificate folder.
@@ -85,6 +92,12 @@ pub(super) enum PkiCommand {
         /// Replace an existing certificate and key of that name.
         #[arg(long)]
         force: bool,
+        /// Encrypt the new private key with a passphrase (from
+        /// --passphrase-file, the SECURED_KEY_PASSPHRASE environment variable,
+        /// or typed twice on the terminal). An encrypted CA key is read with
+        /// the passphrase from the same place, with or without this option.
+        #[arg(long)]
+        encrypt_keys: bool,
     },
     /// Check a certificate as secured's handshake does: exit 0 when it is
     /// acceptable, else exit 1 with the check that failed.
@@ -223,6 +236,7 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
             days,
             server_days,
             force,
+            encrypt_keys,
         } => {
             let defaults = InitOptions::default();
             let opts = InitOptions {
@@ -237,6 +251,7 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
                 validity_days: days,
                 server_validity_days: server_days,
                 force,
+                encrypt_keys: encrypt_keys.then(|| super::passphrase_source().clone()),
                 ..defaults
             };
             pki::init(&dirs.resolve(file), &opts, provider)?
@@ -249,6 +264,7 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
             bits,
             days,
             force,
+            encrypt_keys,
         } => {
             let role = match role {
                 IssueRole::Server => Role::Server,
@@ -264,6 +280,7 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
                     "--san applies to server certificates only".into(),
                 ));
             }
+            let source = super::passphrase_source();
             let opts = IssueOptions {
                 bits,
                 validity_days: days.unwrap_or(if role == Role::Server {
@@ -271,6 +288,8 @@ pub(super) fn run(cmd: PkiCommand, file: &FileConfig) -> Result<(), CliError> {
                 } else {
                     pki::DEFAULT_DEVICE_DAYS
                 }),
+                encrypt_key: encrypt_keys.then(|| source.clone()),
+                ca_passphrase: Some(source.clone()),
             };
             let paths = dirs.resolve(file);
             let signing_key = if paths.issuing_cert().exists() {

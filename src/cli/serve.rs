@@ -169,8 +169,12 @@ impl TrustFiles {
         let config = load_server_config(&self.cert, &self.key, &self.ca)?;
         let issuer = if self.issuing_cert.exists() && self.issuing_key.exists() {
             super::refuse_open_key(&self.issuing_key)?;
-            let ca =
-                CertificateAuthority::load(&self.issuing_cert, &self.issuing_key, config.provider)?;
+            let ca = CertificateAuthority::load_with(
+                &self.issuing_cert,
+                &self.issuing_key,
+                Some(super::passphrase_source()),
+                config.provider,
+            )?;
             // It must chain to the root the server trusts, or what it
             // issues would be refused by every device.
             let above = ca.chain().get(1..).unwrap_or_default();

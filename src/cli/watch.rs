@@ -108,6 +108,8 @@ async fn exec(program: &Path, note: &Note, fetched: Option<&Fetched>) {
         .env("SECURED_SIGNED_AT", f.signed_at.to_string())
         .env("SECURED_STORED_AT_MS", f.stored_at.to_string())
         .env("SECURED_SCOPE", f.scope.to_string())
+        // The program has no use for the keys' passphrase.
+        .env_remove(crate::pki::keyfile::PASSPHRASE_ENV)
         .stdin(std::process::Stdio::null());
     if let Some(done) = fetched {
         cmd.env("SECURED_PATH", &done.path);
@@ -228,6 +230,7 @@ async fn watch_once(
                         &resolved.cert_path,
                         &resolved.key_path,
                         &issued,
+                        None,
                         None,
                     ) {
                         Ok(()) => eprintln!(

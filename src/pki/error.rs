@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::crypto::{CryptoError, MAX_RSA_BITS, MIN_RSA_BITS};
 
+use super::keyfile::PASSPHRASE_ENV;
 use super::{CrlError, Role};
 
 /// Why a certificate was refused.
@@ -347,6 +348,94 @@ pub enum PkiError {
         key: String,
         /// Where the certificate came from.
         cert: String,
+    },
+    /// An encrypted key file was met without a way to get its passphrase.
+    #[error(
+        "the key file {} is encrypted: give its passphrase with --passphrase-file FILE or the {PASSPHRASE_ENV} environment variable, or run on a terminal to be asked",
+        .path.display()
+    )]
+    KeyEncrypted {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// An encrypted key did not decrypt to a PKCS#8 key.
+    #[error("the passphrase for {origin} is wrong (or the file is damaged); try again")]
+    WrongPassphrase {
+        /// Where the key came from (usually a path).
+        origin: String,
+    },
+    /// An encrypted key whose scheme is refused.
+    #[error(
+        "{origin} uses an unsupported encryption ({scheme}); re-encrypt it with scrypt and AES-256-CBC, as `openssl pkcs8 -topk8 -v2 aes-256-cbc -scrypt` does"
+    )]
+    UnsupportedKeyEncryption {
+        /// Where the key came from (usually a path).
+        origin: String,
+        /// The scheme found.
+        scheme: String,
+    },
+    /// An encrypted key whose key derivation would cost too much memory or
+    /// time; refused before deriving.
+    #[error(
+        "{origin} asks for a costlier key derivation than accepted ({what}); re-encrypt it with scrypt at a lower cost, as `openssl pkcs8 -topk8 -v2 aes-256-cbc -scrypt` does"
+    )]
+    KeyDerivationTooCostly {
+        /// Where the key came from (usually a path).
+        origin: String,
+        /// The parameters and the limit they exceed.
+        what: String,
+    },
+    /// A PEM `ENCRYPTED PRIVATE KEY` whose contents do not decode.
+    #[error(
+        "{origin} is not a valid encrypted PKCS#8 private key ({reason}); restore it from a backup or issue a new key"
+    )]
+    MalformedEncryptedKey {
+        /// Where the key came from (usually a path).
+        origin: String,
+        /// The decoder's description of the problem.
+        reason: String,
+    },
+    /// Encrypting a private key failed.
+    #[error("cannot encrypt the private key: {reason}")]
+    KeyEncryption {
+        /// What failed.
+        reason: String,
+    },
+    /// An empty passphrase.
+    #[error("{origin} is empty, and an empty passphrase protects nothing; give one that is not")]
+    EmptyPassphrase {
+        /// Where it came from, e.g. `the passphrase file F`.
+        origin: String,
+    },
+    /// A passphrase that is not UTF-8.
+    #[error("{origin} is not valid UTF-8; give the passphrase as UTF-8 text")]
+    PassphraseNotUtf8 {
+        /// Where it came from.
+        origin: String,
+    },
+    /// The passphrase's environment variable is not set.
+    #[error(
+        "the environment variable {var} is not set; set it to the passphrase, or give --passphrase-file FILE"
+    )]
+    PassphraseEnvUnset {
+        /// The variable's name.
+        var: String,
+    },
+    /// Keys are to be encrypted, but there is no way to get a passphrase.
+    #[error(
+        "encrypting the keys needs a passphrase: give it with --passphrase-file FILE or the {PASSPHRASE_ENV} environment variable, or run on a terminal to be asked"
+    )]
+    NoPassphrase,
+    /// The passphrase typed twice differed.
+    #[error("the two passphrases typed differ; run the command again and type the same one twice")]
+    PassphraseMismatch,
+    /// The terminal could not be asked.
+    #[error(
+        "cannot ask for the passphrase on the terminal: {source}; give it with --passphrase-file FILE or the {PASSPHRASE_ENV} environment variable instead"
+    )]
+    Prompt {
+        /// The I/O error.
+        source: io::Error,
     },
     /// The target file exists and `force` was not given.
     #[error("refusing to overwrite {}; pass --force to replace it", .path.display())]

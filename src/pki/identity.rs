@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::keyfile::PassphraseSource;
 use super::parse::parse;
 use super::{PkiError, store};
 use crate::crypto::{CryptoProvider, RsaPrivateKey};
@@ -30,20 +31,37 @@ pub struct Identity {
 impl Identity {
     /// Loads a certificate PEM file and a PKCS#8 private key PEM file. The
     /// certificate file may continue with the certificate's chain (the
-    /// issuing CA first), which is sent to peers with it.
+    /// issuing CA first), which is sent to peers with it. An encrypted key
+    /// is refused (see [`load_with`](Self::load_with)).
     ///
     /// # Errors
     /// File errors naming the file, [`PkiError::Cert`] or [`PkiError::Key`]
-    /// for unusable contents, and [`PkiError::KeyMismatch`] (naming both
-    /// files) when the key does not belong to the certificate.
+    /// for unusable contents, [`PkiError::KeyEncrypted`], and
+    /// [`PkiError::KeyMismatch`] (naming both files) when the key does not
+    /// belong to the certificate.
     pub fn load(
         cert_path: &Path,
         key_path: &Path,
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
+        Self::load_with(cert_path, key_path, None, provider)
+    }
+
+    /// [`load`](Self::load), with the passphrase of an encrypted key from
+    /// `passphrase` (asked only when the key is encrypted).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), and the passphrase and decryption errors of
+    /// [`keyfile`](super::keyfile).
+    pub fn load_with(
+        cert_path: &Path,
+        key_path: &Path,
+        passphrase: Option<&PassphraseSource>,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
         let mut certs = store::read_cert_chain_pem(cert_path)?.into_iter();
         let cert_der = certs.next().unwrap_or_default();
-        let key_der = store::read_key_pem(key_path)?;
+        let key_der = store::read_key_pem_with(key_path, passphrase)?;
         Ok(Self::build(
             cert_der,
             &key_der,

@@ -43,6 +43,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Time;
 use zeroize::Zeroizing;
 
+use super::keyfile::PassphraseSource;
 use super::names::device_name_problem;
 use super::{PkiError, Role, ServerName, TrustAnchor, store};
 use crate::crypto::x509::{PssSha256Signer, PssSignature};
@@ -288,21 +289,38 @@ impl CertificateAuthority {
     /// Loads a CA from a certificate PEM file and a PKCS#8 key PEM file.
     /// For an intermediate CA, the file may continue with the certificates
     /// above it (a root among them is left out of the chain it hands to
-    /// leaves).
+    /// leaves). An encrypted key is refused (see
+    /// [`load_with`](Self::load_with)).
     ///
     /// # Errors
-    /// File errors naming the file, [`PkiError::Cert`], [`PkiError::Key`] or
-    /// [`PkiError::KeyMismatch`] (naming both files).
+    /// File errors naming the file, [`PkiError::Cert`], [`PkiError::Key`],
+    /// [`PkiError::KeyEncrypted`] or [`PkiError::KeyMismatch`] (naming both
+    /// files).
     pub fn load(
         cert_path: &Path,
         key_path: &Path,
+        provider: &'static CryptoProvider,
+    ) -> Result<Self, PkiError> {
+        Self::load_with(cert_path, key_path, None, provider)
+    }
+
+    /// [`load`](Self::load), with the passphrase of an encrypted key from
+    /// `passphrase` (asked only when the key is encrypted).
+    ///
+    /// # Errors
+    /// As [`load`](Self::load), and the passphrase and decryption errors of
+    /// [`keyfile`](super::keyfile).
+    pub fn load_with(
+        cert_path: &Path,
+        key_path: &Path,
+        passphrase: Option<&PassphraseSource>,
         provider: &'static CryptoProvider,
     ) -> Result<Self, PkiError> {
         let mut certs = store::read_cert_chain_pem(cert_path)?.into_iter();
         let cert_der = certs.next().unwrap_or_default();
         let above: Vec<Vec<u8>> = certs.collect();
         let chain = intermediate_chain(&cert_der, &above);
-        let key_pkcs8 = store::read_key_pem(key_path)?;
+        let key_pkcs8 = store::read_key_pem_with(key_path, passphrase)?;
         Self::from_parts(
             cert_der,
             chain,

@@ -20,6 +20,8 @@
 //!   checks ([`VerifiedCrl`]).
 //! * [`issue`]: the CA and certificate issuance (x509-cert builder).
 //! * [`store`]: PEM files on disk (keys 0600, no overwrite without force).
+//! * [`keyfile`]: passphrase-encrypted keys (PKCS#8 with PBES2, scrypt and
+//!   AES-256-CBC) and where the passphrase comes from.
 //!
 //! Certificates are X.509 v3 signed with RSASSA-PSS-SHA256 (MGF1-SHA256,
 //! 32-byte salt) only; RSA operations go through the
@@ -31,6 +33,7 @@ pub mod csr;
 mod error;
 pub mod identity;
 pub mod issue;
+pub mod keyfile;
 mod names;
 mod parse;
 pub mod show;
@@ -50,12 +53,14 @@ pub use csr::{CertRequest, CsrError, ProvenRequest, build_request};
 pub use error::{CertError, PkiError};
 pub use identity::Identity;
 pub use issue::{CertificateAuthority, IssuedLeaf, Validity, generate_key_pair};
+pub use keyfile::{Passphrase, PassphraseSource};
 pub use names::{Role, ServerName, validate_device_name};
 pub use parse::MAX_CERT_LEN;
 pub use show::CertSummary;
 pub use store::{
     DEFAULT_DEVICE_DAYS, DEFAULT_SERVER_DAYS, ISSUING_CA_STEM, InitOptions, IssueOptions, PkiPaths,
-    init, issue_files, load_signing_ca, write_cert_chain_pem, write_cert_pem, write_key_pem,
+    init, issue_files, key_is_encrypted, load_signing_ca, write_cert_chain_pem, write_cert_pem,
+    write_key_pem, write_key_pem_encrypted,
 };
 pub use token::{EnrollmentToken, TokenFormatError};
 pub use verify::{
@@ -140,16 +145,17 @@ pub fn next_key_path(key: &std::path::Path) -> std::path::PathBuf {
 pub fn complete_key_rotation(
     cert: &std::path::Path,
     key: &std::path::Path,
+    passphrase: Option<&PassphraseSource>,
     provider: &'static crate::crypto::CryptoProvider,
 ) -> Result<(), PkiError> {
     let next = next_key_path(key);
     if !next.exists() {
         return Ok(());
     }
-    if Identity::load(cert, key, provider).is_ok() {
+    if Identity::load_with(cert, key, passphrase, provider).is_ok() {
         return Ok(());
     }
-    if Identity::load(cert, &next, provider).is_ok() {
+    if Identity::load_with(cert, &next, passphrase, provider).is_ok() {
         std::fs::rename(&next, key).map_err(|source| PkiError::Write {
             path: key.to_owned(),
             source,

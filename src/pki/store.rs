@@ -1,8 +1,9 @@
 //! PKI files on disk: `secured pki init` and `secured pki issue`.
 //!
 //! Layout: `<certs_dir>/<name>.pem` (PEM `CERTIFICATE`) and
-//! `<keys_dir>/<name>.key` (PKCS#8 PEM `PRIVATE KEY`), with `ca`, `server`
-//! and one device from `init`.
+//! `<keys_dir>/<name>.key` (PKCS#8 PEM `PRIVATE KEY`, or `ENCRYPTED PRIVATE
+//! KEY` when encrypted with a passphrase, see [`keyfile`](super::keyfile)),
+//! with `ca`, `server` and one device from `init`.
 //!
 //! Rules: every file is written to a temporary file in the target directory,
 //! fsynced, then renamed into place, so a crash never leaves half a key.
@@ -20,6 +21,7 @@ use der::pem::{self, LineEnding};
 use zeroize::Zeroizing;
 
 use super::issue::check_leaf_request;
+use super::keyfile::{self, Passphrase, PassphraseSource};
 use super::names::device_name_problem;
 use super::{CertificateAuthority, PkiError, Role, ServerName, Validity, validate_device_name};
 use crate::crypto::CryptoProvider;
@@ -30,6 +32,8 @@ const MAX_PEM_FILE_LEN: u64 = 64 * 1024;
 const CERT_LABEL: &str = "CERTIFICATE";
 /// PEM label of a PKCS#8 private key.
 const KEY_LABEL: &str = "PRIVATE KEY";
+/// PEM label of a PKCS#8 private key encrypted with a passphrase.
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
 /// File stem of the CA's certificate and key.
 const CA_STEM: &str = "ca";
 /// File stem of the issuing (intermediate) CA.
@@ -123,6 +127,9 @@ pub struct InitOptions {
     pub issuing_validity_days: u32,
     /// Replace existing files.
     pub force: bool,
+    /// Encrypt the keys written with a passphrase from this source, asked
+    /// for once before any key is generated; `None` writes them unencrypted.
+    pub encrypt_keys: Option<PassphraseSource>,
 }
 
 impl Default for InitOptions {
@@ -141,6 +148,7 @@ impl Default for InitOptions {
             ca_validity_days: 3650,
             issuing_validity_days: 1825,
             force: false,
+            encrypt_keys: None,
         }
     }
 }
@@ -151,12 +159,18 @@ pub const DEFAULT_DEVICE_DAYS: u32 = 30;
 pub const DEFAULT_SERVER_DAYS: u32 = 825;
 
 /// Options of `secured pki issue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueOptions {
     /// Key size. Default 2048.
     pub bits: usize,
     /// Validity in days. Default 825.
     pub validity_days: u32,
+    /// Encrypt the new key with a passphrase from this source, asked for
+    /// before the key is generated; `None` writes it unencrypted.
+    pub encrypt_key: Option<PassphraseSource>,
+    /// Where the passphrase of an encrypted CA key comes from; `None` refuses
+    /// one with [`PkiError::KeyEncrypted`].
+    pub ca_passphrase: Option<PassphraseSource>,
 }
 
 impl Default for IssueOptions {
@@ -164,6 +178,8 @@ impl Default for IssueOptions {
         Self {
             bits: 2048,
             validity_days: DEFAULT_SERVER_DAYS,
+            encrypt_key: None,
+            ca_passphrase: None,
         }
     }
 }
@@ -214,6 +230,7 @@ pub fn init(
     if !opts.force {
         refuse_existing(&targets)?;
     }
+    let keys = KeyWriter::new(opts.encrypt_keys.as_ref(), opts.force)?;
     create_dirs(paths)?;
 
     let root = CertificateAuthority::generate_root(
@@ -243,9 +260,9 @@ pub fn init(
     )?;
 
     write_cert_pem(&paths.ca_cert(), root.cert_der(), opts.force)?;
-    write_key_pem(&paths.ca_key(), root.key_pkcs8_der(), opts.force)?;
+    keys.write(&paths.ca_key(), root.key_pkcs8_der())?;
     write_cert_pem(&paths.issuing_cert(), issuing.cert_der(), opts.force)?;
-    write_key_pem(&paths.issuing_key(), issuing.key_pkcs8_der(), opts.force)?;
+    keys.write(&paths.issuing_key(), issuing.key_pkcs8_der())?;
     for (stem, leaf) in [(SERVER_STEM, &server), (opts.device_name.as_str(), &device)] {
         write_cert_chain_pem(
             &paths.cert_file(stem),
@@ -253,7 +270,7 @@ pub fn init(
             issuing.chain(),
             opts.force,
         )?;
-        write_key_pem(&paths.key_file(stem), &leaf.key_pkcs8_der, opts.force)?;
+        keys.write(&paths.key_file(stem), &leaf.key_pkcs8_der)?;
     }
     Ok(targets)
 }
@@ -317,7 +334,8 @@ pub fn issue_files(
     if !force {
         refuse_existing(&targets)?;
     }
-    let ca = load_signing_ca(paths, provider)?;
+    let ca = load_signing_ca(paths, opts.ca_passphrase.as_ref(), provider)?;
+    let keys = KeyWriter::new(opts.encrypt_key.as_ref(), force)?;
     let leaf = ca.issue(
         role,
         name,
@@ -327,7 +345,7 @@ pub fn issue_files(
     )?;
     create_dirs(paths)?;
     write_cert_chain_pem(&targets[0], &leaf.cert_der, ca.chain(), force)?;
-    write_key_pem(&targets[1], &leaf.key_pkcs8_der, force)?;
+    keys.write(&targets[1], &leaf.key_pkcs8_der)?;
     Ok(targets)
 }
 
@@ -338,17 +356,23 @@ pub fn issue_files(
 /// [`PkiError::NoCa`] when there is no CA at all; CA loading errors.
 pub fn load_signing_ca(
     paths: &PkiPaths,
+    passphrase: Option<&PassphraseSource>,
     provider: &'static CryptoProvider,
 ) -> Result<CertificateAuthority, PkiError> {
     let issuing = paths.issuing_cert();
     if issuing.exists() {
-        return CertificateAuthority::load(&issuing, &paths.issuing_key(), provider);
+        return CertificateAuthority::load_with(
+            &issuing,
+            &paths.issuing_key(),
+            passphrase,
+            provider,
+        );
     }
     let ca_cert = paths.ca_cert();
     if !ca_cert.exists() {
         return Err(PkiError::NoCa { path: ca_cert });
     }
-    CertificateAuthority::load(&ca_cert, &paths.ca_key(), provider)
+    CertificateAuthority::load_with(&ca_cert, &paths.ca_key(), passphrase, provider)
 }
 
 /// Whose files a leaf of `role` may not take: the CAs', and for a device
@@ -445,6 +469,51 @@ pub(crate) fn decode_cert_chain_pem(
         .collect()
 }
 
+/// Writes a PKCS#8 private key encrypted with `passphrase` (see
+/// [`keyfile::encrypt`]) as PEM `ENCRYPTED PRIVATE KEY`, mode 0600 from
+/// creation.
+///
+/// # Errors
+/// [`PkiError::KeyEncryption`], [`PkiError::Exists`] when `path` exists and
+/// `force` is false, or [`PkiError::Write`].
+pub fn write_key_pem_encrypted(
+    path: &Path,
+    pkcs8_der: &[u8],
+    passphrase: &Passphrase,
+    force: bool,
+) -> Result<(), PkiError> {
+    let der = keyfile::encrypt(pkcs8_der, passphrase)?;
+    let pem = pem::encode_string(ENCRYPTED_KEY_LABEL, LineEnding::LF, &der).map_err(|e| {
+        PkiError::Write {
+            path: path.to_owned(),
+            source: io::Error::other(e.to_string()),
+        }
+    })?;
+    write_atomic(path, pem.as_bytes(), 0o600, force)
+}
+
+/// Writes the private keys of one [`init`] or [`issue_files`]: encrypted
+/// with a passphrase obtained once, before any key is generated, or plain.
+struct KeyWriter {
+    passphrase: Option<Passphrase>,
+    force: bool,
+}
+
+impl KeyWriter {
+    /// Obtains the passphrase for new keys from `encrypt`, if given.
+    fn new(encrypt: Option<&PassphraseSource>, force: bool) -> Result<Self, PkiError> {
+        let passphrase = encrypt.map(PassphraseSource::new_passphrase).transpose()?;
+        Ok(Self { passphrase, force })
+    }
+
+    fn write(&self, path: &Path, pkcs8_der: &[u8]) -> Result<(), PkiError> {
+        match &self.passphrase {
+            Some(passphrase) => write_key_pem_encrypted(path, pkcs8_der, passphrase, self.force),
+            None => write_key_pem(path, pkcs8_der, self.force),
+        }
+    }
+}
+
 /// Reads a PEM certificate file and returns its DER.
 pub(crate) fn read_cert_pem(path: &Path) -> Result<Vec<u8>, PkiError> {
     let bytes = read_limited(path, "certificate")?;
@@ -463,18 +532,58 @@ pub(crate) fn decode_cert_pem(pem_bytes: &[u8], origin: &str) -> Result<Vec<u8>,
     }
 }
 
-/// Reads a PKCS#8 PEM private key file and returns its DER.
+/// Reads a PKCS#8 PEM private key file and returns its DER; an encrypted
+/// key is refused with [`PkiError::KeyEncrypted`].
+#[cfg(test)]
 pub(crate) fn read_key_pem(path: &Path) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+    read_key_pem_with(path, None)
+}
+
+/// Reads a PKCS#8 PEM private key file, plain or encrypted, and returns its
+/// DER. The passphrase of an encrypted key comes from `passphrase`, asked
+/// only then; without a source such a key is refused with
+/// [`PkiError::KeyEncrypted`].
+pub(crate) fn read_key_pem_with(
+    path: &Path,
+    passphrase: Option<&PassphraseSource>,
+) -> Result<Zeroizing<Vec<u8>>, PkiError> {
     // The PEM text holds the key too: zeroize it as well.
     let bytes = Zeroizing::new(read_limited(path, "private key")?);
-    match pem::decode_vec(&bytes) {
-        Ok((KEY_LABEL, der)) => Ok(Zeroizing::new(der)),
-        Ok((_, der)) => {
-            drop(Zeroizing::new(der));
-            Err(not_pem_key(path))
+    let Ok((label, der)) = pem::decode_vec(&bytes) else {
+        return Err(not_pem_key(path));
+    };
+    let der = Zeroizing::new(der);
+    match label {
+        KEY_LABEL => Ok(der),
+        ENCRYPTED_KEY_LABEL => {
+            let passphrase = match passphrase {
+                Some(source) => source.passphrase_for(path)?,
+                None => {
+                    return Err(PkiError::KeyEncrypted {
+                        path: path.to_owned(),
+                    });
+                }
+            };
+            keyfile::decrypt_from(&der, &passphrase, &path.display().to_string())
         }
-        Err(_) => Err(not_pem_key(path)),
+        _ => Err(not_pem_key(path)),
     }
+}
+
+/// Whether `path` holds a passphrase-encrypted private key (PEM
+/// `ENCRYPTED PRIVATE KEY`); false when it cannot be read.
+#[must_use]
+pub fn key_is_encrypted(path: &Path) -> bool {
+    read_limited(path, "private key")
+        .map(Zeroizing::new)
+        .ok()
+        .and_then(|bytes| {
+            pem::decode_vec(&bytes).ok().map(|(label, der)| {
+                drop(Zeroizing::new(der));
+                label == ENCRYPTED_KEY_LABEL
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn not_pem_key(path: &Path) -> PkiError {
@@ -882,6 +991,118 @@ mod tests {
             );
         }
         assert!(!device_text.contains("Subject Alternative Name"));
+    }
+
+    /// `pki init` and `pki issue` with encrypted keys: every key is written
+    /// encrypted, loads with its passphrase, and the CA key is refused
+    /// without it before any key is generated.
+    #[test]
+    fn init_and_issue_with_encrypted_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PkiPaths::under(&dir.path().join("pki"));
+        let pass_file = dir.path().join("pass");
+        fs::write(&pass_file, "correct horse\n").unwrap();
+        let source = PassphraseSource::File(pass_file);
+
+        // No passphrase: refused before anything is generated or created.
+        let unset = PassphraseSource::Env("SECURED_TEST_NEVER_SET_PASSPHRASE".into());
+        let opts = InitOptions {
+            encrypt_keys: Some(unset),
+            ..test_opts()
+        };
+        let err = init(&paths, &opts, &NO_KEYGEN).unwrap_err();
+        assert!(matches!(err, PkiError::PassphraseEnvUnset { .. }), "{err}");
+        assert!(!paths.keys_dir.exists());
+
+        let opts = InitOptions {
+            encrypt_keys: Some(source.clone()),
+            ..test_opts()
+        };
+        init(&paths, &opts, provider()).unwrap();
+        for stem in ["ca", "server", "device-1"] {
+            let key = paths.key_file(stem);
+            assert_eq!(mode(&key), 0o600);
+            let text = fs::read_to_string(&key).unwrap();
+            assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        }
+        let cert = paths.cert_file("device-1");
+        let key = paths.key_file("device-1");
+        let id = Identity::load_with(&cert, &key, Some(&source), provider()).unwrap();
+        assert_eq!(id.name(), "device-1");
+        let err = Identity::load(&cert, &key, provider()).unwrap_err();
+        assert!(matches!(err, PkiError::KeyEncrypted { .. }), "{err}");
+
+        // Without a passphrase source the CA key is refused (NO_KEYGEN would
+        // panic if a key were generated first).
+        let err = issue_files(
+            &paths,
+            Role::Device,
+            "device-2",
+            &[],
+            &IssueOptions::default(),
+            false,
+            &NO_KEYGEN,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the key file {} is encrypted: give its passphrase with --passphrase-file FILE or the SECURED_KEY_PASSPHRASE environment variable, or run on a terminal to be asked",
+                paths.issuing_key().display()
+            )
+        );
+        // With it: a plain key, then an encrypted one.
+        let with_ca = IssueOptions {
+            ca_passphrase: Some(source.clone()),
+            ..IssueOptions::default()
+        };
+        issue_files(
+            &paths,
+            Role::Device,
+            "device-2",
+            &[],
+            &with_ca,
+            false,
+            provider(),
+        )
+        .unwrap();
+        let text = fs::read_to_string(paths.key_file("device-2")).unwrap();
+        assert!(text.starts_with(concat!("-----BEGIN PRIVATE", " KEY-----\n")));
+        let encrypted = IssueOptions {
+            encrypt_key: Some(source.clone()),
+            ..with_ca
+        };
+        issue_files(
+            &paths,
+            Role::Device,
+            "device-3",
+            &[],
+            &encrypted,
+            false,
+            provider(),
+        )
+        .unwrap();
+        let text = fs::read_to_string(paths.key_file("device-3")).unwrap();
+        assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        let anchor = TrustAnchor::load(&paths.ca_cert(), provider()).unwrap();
+        for stem in ["device-2", "device-3"] {
+            let id = Identity::load_with(
+                &paths.cert_file(stem),
+                &paths.key_file(stem),
+                Some(&source),
+                provider(),
+            )
+            .unwrap();
+            verify_chain(
+                &anchor,
+                id.cert_der(),
+                id.chain(),
+                Role::Device,
+                None,
+                SystemTime::now(),
+            )
+            .unwrap();
+        }
     }
 
     #[test]
