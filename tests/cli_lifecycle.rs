@@ -1,16 +1,21 @@
 //! The certificate lifecycle through the `secured` binary: a new device
 //! from nothing to sending with two commands, the token errors as the
-//! user reads them, revocation by the operator, and `pki verify` and
-//! `pki show` on our certificates and on certificates another CA made.
+//! user reads them, revocation by the operator, a reload on SIGHUP, and
+//! `pki verify` and `pki show` on our certificates and on certificates
+//! another CA made.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Stdio;
 
 use common::binary::{
-    ServerProcess, assert_error_is, assert_success, secured, send_text, stderr, workdir,
+    ServerProcess, assert_error_is, assert_success, command, secured, send_files, send_text,
+    stderr, workdir,
 };
+use common::files::write_varied;
+use common::wait::eventually_blocking;
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -176,6 +181,73 @@ fn the_operator_revokes_a_device_and_it_is_refused() {
         &out,
         "no certificate of \"nobody\" is known to this server; give its serial number (`secured pki show CERT.pem` prints it) to revoke it anyway",
     );
+}
+
+/// The operator replaces the server's certificate and sends SIGHUP: new
+/// handshakes present the new certificate at once, while a device's
+/// session that was open all along (a watch) goes on without a break.
+#[test]
+fn sighup_puts_a_new_server_certificate_in_use_without_dropping_sessions() {
+    let dir = workdir();
+    let d = dir.path();
+    let server = ServerProcess::start(d);
+    let watch = command(d)
+        .args(["device", "--server", &server.addr, "--name", "device-2"])
+        .args(["watch", "--json", "--state", "watch.state", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually_blocking(|| d.join("watch.state").exists()),
+        "the watch did not start"
+    );
+    let renamed = ["--server-name", "renamed.test", "hello"];
+    let out = send_text(d, &server.addr, &renamed);
+    assert!(
+        !out.status.success(),
+        "the old certificate names renamed.test"
+    );
+    write_varied(&d.join("a.txt"), 100);
+    assert_success(&send_files(d, &server.addr, &["--share", "everyone", "a.txt"]).0);
+
+    let out = secured(
+        d,
+        &[
+            "pki",
+            "issue",
+            "--role",
+            "server",
+            "--name",
+            "renamed.test",
+            "--san",
+            "127.0.0.1",
+            "--force",
+        ],
+    );
+    assert_success(&out);
+    // Put in place as an operator would: each file renamed over the old.
+    for (from, to) in [
+        ("keys/renamed.test.key", "keys/server.key"),
+        ("certs/renamed.test.pem", "certs/server.pem"),
+    ] {
+        std::fs::rename(d.join(from), d.join(to)).unwrap();
+    }
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    server.wait_for(&["reloaded the certificates and keys"]);
+    assert_success(&send_text(d, &server.addr, &renamed));
+    assert_success(&send_text(d, &server.addr, &["still 127.0.0.1"]));
+
+    write_varied(&d.join("b.txt"), 100);
+    assert_success(&send_files(d, &server.addr, &["--share", "everyone", "b.txt"]).0);
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
 
 #[test]
