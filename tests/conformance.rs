@@ -138,33 +138,7 @@ const NOT_PROBED: &[(&str, &str)] = &[
 /// The cases of §9.1 and their answers: an alert name, `ACK_ <status>`, or
 /// `none`.
 fn spec_table() -> BTreeMap<String, String> {
-    let spec = include_str!("../proto-spec.md");
-    let start = spec.find("\n### 9.1 ").expect("proto-spec.md has a §9.1");
-    let section = &spec[start + 1..];
-    let end = section.find("\n## ").unwrap_or(section.len());
-    let mut table = BTreeMap::new();
-    for line in section[..end].lines() {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        // "| `case` | failure | answer |" splits into 5 cells.
-        let [_, case, _, answer, _] = cells[..] else {
-            continue;
-        };
-        let Some(case) = case.strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
-            continue;
-        };
-        let answer = if let Some(rest) = answer.strip_prefix('`') {
-            rest.split('`').next().unwrap_or_default().to_owned()
-        } else if answer.starts_with("none") {
-            "none".to_owned()
-        } else {
-            panic!("§9.1 case {case}: answer {answer:?} is neither `…` nor none")
-        };
-        assert!(
-            table.insert(case.to_owned(), answer).is_none(),
-            "§9.1 lists case {case} twice"
-        );
-    }
-    table
+    common::spec::case_table("### 9.1 ")
 }
 
 /// What came back.
@@ -211,15 +185,8 @@ fn expect(case: &str, got: &Answer) {
 
 #[test]
 fn every_case_is_probed() {
-    let table = spec_table();
-    let mut listed: Vec<&str> = PROBED.to_vec();
-    listed.extend(NOT_PROBED.iter().map(|(case, _)| *case));
-    listed.sort_unstable();
-    let before = listed.len();
-    listed.dedup();
-    assert_eq!(before, listed.len(), "a case is listed twice");
-    let in_spec: Vec<&str> = table.keys().map(String::as_str).collect();
-    assert_eq!(in_spec, listed, "§9.1 and the probes list different cases");
+    let not_probed: Vec<&str> = NOT_PROBED.iter().map(|(case, _)| *case).collect();
+    common::spec::assert_all_probed("### 9.1 ", PROBED, &not_probed);
 }
 
 // ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 //! 127.0.0.1 with a two-tier PKI (a root and an issuing CA): enrollment
 //! with a token and then sending at once; every token refusal, each with
 //! its own alert and nothing issued; two redemptions of one token racing;
-//! renewal; revocation closing a live session within seconds; and a device
-//! refusing a revoked server.
+//! renewal; revocation closing a live session within seconds; a device
+//! refusing a revoked server; and every refusal of the table in
+//! proto-spec.md §14.7, provoked on the wire and compared with the table.
 
 mod common;
 
@@ -19,7 +20,10 @@ use secured::client::{
 use secured::crypto::default_provider;
 use secured::handshake::{DeviceConfig, EnrollConfig, ServerConfig};
 use secured::index::{Index, now_ms};
-use secured::message::{AlertCode, Message, PROTOCOL_VERSION_3, SUPPORTED_VERSIONS, StreamId};
+use secured::message::{
+    Ack, AckStatus, AlertCode, CertMsg, Enrq, Message, PROTOCOL_VERSION_3, Rnew,
+    SUPPORTED_VERSIONS, StreamId,
+};
 use secured::pki::{
     CertificateAuthority, EnrollmentToken, Identity, Role, ServerName, Validity, generate_key_pair,
 };
@@ -197,6 +201,246 @@ fn crl_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+// ---------------------------------------------------------------------------
+// The refusal table of proto-spec.md §14.7.
+
+const V3_TABLE: &str = "### 14.7 ";
+
+/// Every case of §14.7 provoked here.
+const V3_PROBED: &[&str] = &[
+    "enroll-version",
+    "enroll-request",
+    "enroll-weak-key",
+    "enroll-other",
+    "enrq-stream",
+    "enrq-unavailable",
+    "enrq-token",
+    "enrq-name",
+    "enrq-used",
+    "enrq-expired",
+    "enrq-in-session",
+    "rnew-request",
+    "rnew-name",
+    "rnew-unavailable",
+    "cert-from-device",
+    "v3-in-v2",
+    "revoked",
+];
+
+#[test]
+fn every_v3_case_is_probed() {
+    common::spec::assert_all_probed(V3_TABLE, V3_PROBED, &[]);
+}
+
+/// Asserts that `got` (an alert name or `ACK_ <status>`) is what §14.7
+/// says for `case`.
+#[track_caller]
+fn expect_case(case: &str, got: &str) {
+    assert!(V3_PROBED.contains(&case), "{case} is not in V3_PROBED");
+    let table = common::spec::case_table(V3_TABLE);
+    let want = table
+        .get(case)
+        .unwrap_or_else(|| panic!("proto-spec.md §14.7 has no case {case}"));
+    assert_eq!(
+        want, got,
+        "case {case}: proto-spec.md §14.7 says {want}, the implementation answered {got}"
+    );
+}
+
+/// [`expect_case`] for the alert that ended `e`.
+#[track_caller]
+fn expect_alert(case: &str, e: &secured::session::SessionError) {
+    let code = e
+        .peer_alert()
+        .map(|(code, _)| code)
+        .unwrap_or_else(|| panic!("case {case}: not an alert: {e}"));
+    expect_case(case, code.name());
+}
+
+/// A device certificate of `name` straight from the issuing CA.
+fn device_config(name: &str, versions: &'static [u16]) -> DeviceConfig {
+    let leaf = pki()
+        .issuing
+        .issue(Role::Device, name, &[], 2048, Validity::days_from_now(1))
+        .unwrap();
+    let identity = Identity::from_der(leaf.cert_der, &leaf.key_pkcs8_der, default_provider())
+        .unwrap()
+        .with_chain(pki().issuing.chain().to_vec());
+    DeviceConfig {
+        identity: Arc::new(identity),
+        anchor: Arc::new(pki().root.trust_anchor().clone()),
+        server_name: "localhost".parse().unwrap(),
+        provider: default_provider(),
+        versions,
+    }
+}
+
+/// An ordinary session of a device of `name`.
+async fn device_session(
+    addr: SocketAddr,
+    name: &str,
+    versions: &'static [u16],
+) -> Session<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    Session::connect(
+        stream,
+        device_config(name, versions),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+/// An enrollment handshake with `request_der` for a key of its own.
+async fn enroll_session(
+    addr: SocketAddr,
+    request_der: Option<Vec<u8>>,
+    versions: &'static [u16],
+) -> Result<Session<TcpStream>, secured::session::SessionError> {
+    let (_, key) = generate_key_pair(2048, default_provider()).unwrap();
+    let request_der =
+        request_der.unwrap_or_else(|| secured::pki::build_request("probe", &key).unwrap());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    Session::connect_enroll(
+        stream,
+        EnrollConfig {
+            request_der,
+            key,
+            root_fingerprint: pki().root.trust_anchor().fingerprint(),
+            server_name: "localhost".parse().unwrap(),
+            provider: default_provider(),
+            versions,
+        },
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// Sends `msg` and returns the alert that ends the session.
+async fn refused(session: &mut Session<TcpStream>, msg: Message) -> secured::session::SessionError {
+    session.send(&msg).await.unwrap();
+    session.recv().await.expect_err("the session is ended")
+}
+
+/// The refusals of the enrollment handshake and of messages in the wrong
+/// place, on a server that enrolls.
+#[tokio::test]
+async fn v3_refusals_on_the_wire() {
+    let (_d, crl) = crl_dir();
+    let server = start(&crl).await;
+    let addr = server.addr;
+
+    let e = enroll_session(addr, None, &[2]).await.err().unwrap();
+    expect_alert("enroll-version", &e);
+    let e = enroll_session(addr, Some(b"not a request".to_vec()), &[3])
+        .await
+        .err()
+        .unwrap();
+    expect_alert("enroll-request", &e);
+
+    let mut s = enroll_session(addr, None, &[3]).await.unwrap();
+    let enrq = Enrq {
+        stream: StreamId(2),
+        token_id: [7; 16],
+        proof: [0; 32],
+    };
+    expect_alert("enrq-stream", &refused(&mut s, Message::Enrq(enrq)).await);
+
+    let mut s = device_session(addr, "probe-1", SUPPORTED_VERSIONS).await;
+    let enrq = Enrq {
+        stream: StreamId(1),
+        token_id: [7; 16],
+        proof: [0; 32],
+    };
+    expect_alert(
+        "enrq-in-session",
+        &refused(&mut s, Message::Enrq(enrq)).await,
+    );
+
+    let mut s = device_session(addr, "probe-2", SUPPORTED_VERSIONS).await;
+    let rnew = Rnew {
+        stream: StreamId(1),
+        request: b"not a request".to_vec(),
+    };
+    expect_alert("rnew-request", &refused(&mut s, Message::Rnew(rnew)).await);
+
+    let mut s = device_session(addr, "probe-3", SUPPORTED_VERSIONS).await;
+    let cert = CertMsg {
+        stream: StreamId(1),
+        certificate: pki().server_cert.clone(),
+        chain: Vec::new(),
+    };
+    expect_alert(
+        "cert-from-device",
+        &refused(&mut s, Message::Cert(cert)).await,
+    );
+
+    // In version 2 the same bytes are an unknown type: one stream is
+    // refused, and the session goes on.
+    let mut s = device_session(addr, "probe-4", &[2]).await;
+    assert_eq!(s.version(), 2);
+    let rnew = Rnew {
+        stream: StreamId(1),
+        request: b"anything".to_vec(),
+    };
+    s.send(&Message::Rnew(rnew)).await.unwrap();
+    let Message::Ack(Ack { stream, status, .. }) = s.recv().await.unwrap() else {
+        panic!("case v3-in-v2: not an ACK_");
+    };
+    assert_eq!(stream, StreamId(1));
+    expect_case("v3-in-v2", &format!("ACK_ {}", status.name()));
+    assert_eq!(status, AckStatus::Unsupported);
+    s.send(&Message::Secx(secured::message::Secx {
+        stream: StreamId(3),
+        text: "still here".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(s.recv().await.unwrap(), Message::Ack(_)));
+    server.stop().await;
+}
+
+/// A server without an issuing CA key refuses enrollment and renewal, each
+/// with `enrollment_unavailable`, and serves devices as before.
+#[tokio::test]
+async fn a_server_without_an_issuing_ca_refuses_to_issue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_at(server_config(), dir.path(), |_| {}).await;
+    let t = EnrollmentToken::generate(
+        default_provider(),
+        pki().root.trust_anchor().fingerprint(),
+        "cam-0",
+    )
+    .unwrap();
+    let e = try_enroll(server.addr, &t, "cam-0").await.err().unwrap();
+    expect_case("enrq-unavailable", alert(&e).name());
+
+    let config = device_config("probe-5", SUPPORTED_VERSIONS);
+    let request = secured::pki::build_request("probe-5", config.identity.key()).unwrap();
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut s = Session::connect(stream, config, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let rnew = Rnew {
+        stream: StreamId(1),
+        request,
+    };
+    expect_alert(
+        "rnew-unavailable",
+        &refused(&mut s, Message::Rnew(rnew)).await,
+    );
+
+    let mut s = device_session(server.addr, "probe-6", SUPPORTED_VERSIONS).await;
+    s.send(&Message::Secx(secured::message::Secx {
+        stream: StreamId(1),
+        text: "served".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(s.recv().await.unwrap(), Message::Ack(_)));
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_new_device_enrolls_then_sends_at_once() {
     let (_d, crl) = crl_dir();
@@ -245,7 +489,7 @@ async fn every_bad_token_is_refused_with_its_own_alert_and_nothing_is_issued() {
         .await
         .err()
         .unwrap();
-    assert_eq!(alert(&e), AlertCode::BadToken);
+    expect_case("enrq-token", alert(&e).name());
 
     // The right id with the wrong secret.
     let mut wrong = token(&server, "cam-2", 900_000).await;
@@ -254,24 +498,24 @@ async fn every_bad_token_is_refused_with_its_own_alert_and_nothing_is_issued() {
         .await
         .err()
         .unwrap();
-    assert_eq!(alert(&e), AlertCode::BadToken);
+    expect_case("enrq-token", alert(&e).name());
 
     // Expired.
     let old = token(&server, "cam-3", -1).await;
     let e = try_enroll(server.addr, &old, "cam-3").await.err().unwrap();
-    assert_eq!(alert(&e), AlertCode::TokenExpired);
+    expect_case("enrq-expired", alert(&e).name());
 
     // A request for another name than the token's.
     let t = token(&server, "cam-4", 900_000).await;
     let e = try_enroll(server.addr, &t, "intruder").await.err().unwrap();
-    assert_eq!(alert(&e), AlertCode::NameMismatch);
+    expect_case("enrq-name", alert(&e).name());
     // That did not use the token up.
     try_enroll(server.addr, &t, "cam-4")
         .await
         .expect("the token still works");
     // Reused.
     let e = try_enroll(server.addr, &t, "cam-4").await.err().unwrap();
-    assert_eq!(alert(&e), AlertCode::TokenUsed);
+    expect_case("enrq-used", alert(&e).name());
 
     for name in ["cam-1", "cam-2", "cam-3", "intruder"] {
         assert!(issued_for(&server, name).await.is_empty(), "{name}");
@@ -340,11 +584,7 @@ async fn a_request_with_a_weak_key_is_refused() {
     )
     .await;
     let e = result.err().expect("refused");
-    assert_eq!(
-        e.peer_alert().map(|(c, _)| c),
-        Some(AlertCode::WeakKey),
-        "{e}"
-    );
+    expect_alert("enroll-weak-key", &e);
     assert!(issued_for(&server, "cam-9").await.is_empty());
     server.stop().await;
 }
@@ -437,10 +677,7 @@ async fn a_device_cannot_renew_another_name() {
         .await
         .unwrap();
     let e = session.recv().await.err().unwrap();
-    assert_eq!(
-        e.peer_alert().map(|(c, _)| c),
-        Some(AlertCode::NameMismatch)
-    );
+    expect_alert("rnew-name", &e);
     assert!(issued_for(&server, "someone-else").await.is_empty());
     server.stop().await;
 }
@@ -488,7 +725,7 @@ async fn revocation_closes_a_live_session_within_seconds_and_refuses_the_next() 
     .await
     .err()
     .expect("refused");
-    assert_eq!(alert(&e), AlertCode::CertificateRevoked);
+    expect_case("revoked", alert(&e).name());
     // Another device is still served.
     let t = token(&server, "honest", 900_000).await;
     let honest = try_enroll(server.addr, &t, "honest").await.unwrap();
@@ -573,9 +810,6 @@ async fn an_enrollment_session_may_do_nothing_else() {
         .await
         .unwrap();
     let e = session.recv().await.err().unwrap();
-    assert_eq!(
-        e.peer_alert().map(|(c, _)| c),
-        Some(AlertCode::UnexpectedMessage)
-    );
+    expect_alert("enroll-other", &e);
     server.stop().await;
 }

@@ -16,7 +16,7 @@ use crate::crypto::hash::{HASH_LEN, Transcript};
 use crate::crypto::kdf::{self, NONCE_LEN};
 use crate::crypto::{CryptoProvider, PreMaster, unwrap_premaster};
 use crate::frame::{Frame, FrameKind};
-use crate::message::{Helo, HeloRole, Message, chain_extension};
+use crate::message::{Helo, HeloRole, Message, PROTOCOL_VERSION_3, chain_extension};
 use crate::pki::csr::ProvenRequest;
 use crate::pki::{
     CertRequest, CertifiedPeer, Identity, KeyPossession, Role, TrustAnchor, VerifiedPeer,
@@ -100,11 +100,13 @@ impl ExpectDeviceHelo {
             HeloRole::Enrollee | HeloRole::Server => return Err(HandshakeError::WrongRole),
         };
         // The first version in the device's list that this side speaks
-        // (proto-spec.md §5.2).
+        // (proto-spec.md §5.2); enrollment exists from version 3 on
+        // (§14.2), so an enrollee's older versions are not candidates.
         let Some(version) = helo
             .versions
             .iter()
             .copied()
+            .filter(|v| !enrolling || *v >= PROTOCOL_VERSION_3)
             .find(|v| self.config.versions.contains(v))
         else {
             return Err(HandshakeError::ProtocolVersion {

@@ -3,7 +3,8 @@
 //! ([`proxy`]), a device that speaks `IMGX` by hand ([`device`]), what is
 //! on disk in the data folder ([`store`]), file contents to send
 //! ([`files`]), what a raw connection receives ([`wire`]), a bounded poll
-//! ([`wait`]), log capture ([`logs`]) and the built binary ([`binary`]).
+//! ([`wait`]), log capture ([`logs`]), the built binary ([`binary`]) and
+//! the spec's refusal tables ([`spec`]).
 //!
 //! Every integration test binary includes this module and uses a part of
 //! it, hence the allowance for what a given binary leaves unused.
@@ -15,6 +16,7 @@ pub mod files;
 pub mod logs;
 pub mod proxy;
 pub mod server;
+pub mod spec;
 pub mod store;
 pub mod wait;
 pub mod wire;
