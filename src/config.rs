@@ -56,6 +56,35 @@ use crate::logging::LogFormat;
 /// The default listening address of `secured serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 
+/// Where the server's files are when neither a flag nor the `[server]`
+/// section names them: the layout `secured pki init` writes, relative to
+/// the working directory. `serve` and `admin` share them.
+pub mod server_defaults {
+    /// The server's certificate.
+    pub const CERT: &str = "certs/server.pem";
+    /// The server's private key.
+    pub const KEY: &str = "keys/server.key";
+    /// The root CA certificate.
+    pub const CA: &str = "certs/ca.pem";
+    /// The data folder.
+    pub const DATA_DIR: &str = "data";
+    /// The issuing CA certificate.
+    pub const ISSUING_CERT: &str = "certs/issuing-ca.pem";
+    /// The issuing CA private key.
+    pub const ISSUING_KEY: &str = "keys/issuing-ca.key";
+    /// The CRL the server follows.
+    pub const CRL: &str = "certs/crl.pem";
+}
+
+/// A path from its command-line flag, else the configuration file, else
+/// `default`.
+#[must_use]
+pub fn pick_path(flag: Option<&PathBuf>, conf: Option<&PathBuf>, default: &str) -> PathBuf {
+    flag.or(conf)
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
 /// Errors reading the configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

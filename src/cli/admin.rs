@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::CliError;
-use crate::config::FileConfig;
+use crate::config::{FileConfig, pick_path, server_defaults};
 use crate::index::{Index, now_ms};
 use crate::pki::crl::RevocationReason;
 use crate::pki::{CertificateAuthority, EnrollmentToken, TrustAnchor, validate_device_name};
@@ -113,16 +113,22 @@ impl ServerFiles {
     fn resolve(&self, file: &FileConfig) -> Resolved {
         let f = &file.server;
         let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, default: &str| {
-            flag.clone()
-                .or_else(|| conf.clone())
-                .unwrap_or_else(|| PathBuf::from(default))
+            pick_path(flag.as_ref(), conf.as_ref(), default)
         };
         Resolved {
-            data_dir: pick(&self.data_dir, &f.data_dir, "data"),
-            ca: pick(&self.ca, &f.ca, "certs/ca.pem"),
-            issuing_cert: pick(&self.issuing_cert, &f.issuing_cert, "certs/issuing-ca.pem"),
-            issuing_key: pick(&self.issuing_key, &f.issuing_key, "keys/issuing-ca.key"),
-            crl: pick(&self.crl, &f.crl, "certs/crl.pem"),
+            data_dir: pick(&self.data_dir, &f.data_dir, server_defaults::DATA_DIR),
+            ca: pick(&self.ca, &f.ca, server_defaults::CA),
+            issuing_cert: pick(
+                &self.issuing_cert,
+                &f.issuing_cert,
+                server_defaults::ISSUING_CERT,
+            ),
+            issuing_key: pick(
+                &self.issuing_key,
+                &f.issuing_key,
+                server_defaults::ISSUING_KEY,
+            ),
+            crl: pick(&self.crl, &f.crl, server_defaults::CRL),
         }
     }
 }

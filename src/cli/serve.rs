@@ -10,7 +10,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
-use crate::config::{DEFAULT_LISTEN, FileConfig};
+use crate::config::{DEFAULT_LISTEN, FileConfig, pick_path, server_defaults};
 use crate::handshake::ServerConfig;
 use crate::pki::{CertificateAuthority, Role};
 use crate::server::{self, ServerSettings};
@@ -325,21 +325,27 @@ pub(super) async fn run(
         )));
     }
     let pick = |flag: &Option<PathBuf>, conf: &Option<PathBuf>, default: &str| {
-        flag.clone()
-            .or_else(|| conf.clone())
-            .unwrap_or_else(|| PathBuf::from(default))
+        pick_path(flag.as_ref(), conf.as_ref(), default)
     };
-    let cert = pick(&args.cert, &f.cert, "certs/server.pem");
-    let key = pick(&args.key, &f.key, "keys/server.key");
-    let ca = pick(&args.ca, &f.ca, "certs/ca.pem");
-    let data_dir = pick(&args.data_dir, &f.data_dir, "data");
+    let cert = pick(&args.cert, &f.cert, server_defaults::CERT);
+    let key = pick(&args.key, &f.key, server_defaults::KEY);
+    let ca = pick(&args.ca, &f.ca, server_defaults::CA);
+    let data_dir = pick(&args.data_dir, &f.data_dir, server_defaults::DATA_DIR);
     let files = TrustFiles {
         cert: cert.clone(),
         key: key.clone(),
         ca: ca.clone(),
-        issuing_cert: pick(&args.issuing_cert, &f.issuing_cert, "certs/issuing-ca.pem"),
-        issuing_key: pick(&args.issuing_key, &f.issuing_key, "keys/issuing-ca.key"),
-        crl: pick(&args.crl, &f.crl, "certs/crl.pem"),
+        issuing_cert: pick(
+            &args.issuing_cert,
+            &f.issuing_cert,
+            server_defaults::ISSUING_CERT,
+        ),
+        issuing_key: pick(
+            &args.issuing_key,
+            &f.issuing_key,
+            server_defaults::ISSUING_KEY,
+        ),
+        crl: pick(&args.crl, &f.crl, server_defaults::CRL),
     };
     let crl_path = files.crl.clone();
     let listen = args

@@ -943,7 +943,7 @@ pub enum CrlError {
     },
     /// Past nextUpdate.
     #[error(
-        "the CRL expired at {} (its next update; now {}); sign a fresh one with `secured admin revoke --refresh`, or fix the clock",
+        "the CRL expired at {} (its next update; now {}); sign a fresh one with `secured admin crl`, or fix the clock",
         fmt_time(*.next_update),
         fmt_time(*.now)
     )]
@@ -1587,7 +1587,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "the CRL expired at {} (its next update; now {}); sign a fresh one with `secured admin revoke --refresh`, or fix the clock",
+                "the CRL expired at {} (its next update; now {}); sign a fresh one with `secured admin crl`, or fix the clock",
                 fmt_time(now - DAY),
                 fmt_time(now)
             )
