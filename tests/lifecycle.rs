@@ -87,12 +87,10 @@ fn server_config() -> ServerConfig {
 }
 
 /// A server that enrolls and renews, and follows a CRL at `crl` (its data
-/// folder is beside it). The index is created first, so that the test's
-/// own connections to it never race the server's first migration.
+/// folder is beside it).
 async fn start(crl: &Path) -> TestServer {
     let data = crl.parent().unwrap().join("data");
     std::fs::create_dir(&data).unwrap();
-    drop(Index::open(&data.join(INDEX_FILE)).await.unwrap());
     let crl = crl.to_owned();
     start_server_at(server_config(), &data, |s| {
         s.issuer = Some(Arc::clone(&pki().issuing));

@@ -316,6 +316,28 @@ impl FileRow {
     }
 }
 
+/// Takes the exclusive lock `<index>.lock` (created 0600 if missing),
+/// waiting for another process that holds it; released when the file is
+/// dropped.
+async fn migration_lock(index: &Path) -> io::Result<std::fs::File> {
+    let mut name = index.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
 impl Index {
     /// Opens the database at `path`, creating it (mode 0600) if needed, and
     /// brings its schema up to date.
@@ -327,6 +349,15 @@ impl Index {
             path: path.to_owned(),
             source,
         };
+        // Two processes opening a new index at once (the server and an
+        // `admin` command) would both create its tables; SQLite's own
+        // locks do not cover a migration, so one process at a time holds
+        // this lock file while it opens and migrates. It is a file of its
+        // own: a second descriptor on the database file, once closed, would
+        // drop SQLite's POSIX locks in this process.
+        let lock = migration_lock(path)
+            .await
+            .map_err(|e| open_error(sqlx::Error::Io(e)))?;
         // Created here so that it is private from the start; SQLite gives
         // its journal files the same mode.
         tokio::fs::OpenOptions::new()
@@ -360,6 +391,7 @@ impl Index {
                 path: path.to_owned(),
                 source,
             })?;
+        drop(lock);
         Ok(Self { pool })
     }
 
@@ -763,6 +795,25 @@ mod tests {
 
     async fn open(dir: &Path) -> Index {
         Index::open(&dir.join("index.sqlite3")).await.unwrap()
+    }
+
+    /// Processes that open a new index at the same moment (the server and
+    /// an admin command) each open it whole: the migration runs once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_opens_all_succeed() {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("index.sqlite3");
+            let opens: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    tokio::spawn(async move { Index::open(&path).await.map(|_| ()) })
+                })
+                .collect();
+            for open in opens {
+                open.await.unwrap().expect("every open succeeds");
+            }
+        }
     }
 
     async fn commit(index: &Index, owner: &str, name: &str, scope: Scope) -> Committed {

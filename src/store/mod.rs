@@ -5,6 +5,7 @@
 //! ```text
 //! <data_dir>/                 locked (advisory, on the folder itself) by the running server
 //!   index.sqlite3             the index: devices, files, events (crate::index), mode 0600
+//!   index.sqlite3.lock        held while a process opens and migrates the index
 //!   blobs/<2 hex>/<32 hex>    file contents under random keys, mode 0600 (blob.rs)
 //!   incoming/*.part           transfers in flight; emptied at start-up
 //! ```
