@@ -398,6 +398,67 @@ async fn v3_refusals_on_the_wire() {
     server.stop().await;
 }
 
+/// After the operator replaced the issuing CA, a device of the new one
+/// downloads a file that a device of the old one signed: the signer's
+/// certificate comes alone, and its issuer is found in the path the device
+/// verified for the server (proto-spec.md §13.5).
+#[tokio::test]
+async fn a_device_of_a_new_issuing_ca_verifies_files_signed_under_the_old_one() {
+    let (_d, crl) = crl_dir();
+    let server = start(&crl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, content) = common::files::source_file(dir.path(), "old.txt", 70_000);
+    let mut file =
+        common::files::outgoing(&path, "old.txt", secured::message::MediaKind::File, 70_000);
+    file.scope = secured::message::Scope::Everyone;
+    let addr = server.addr.to_string();
+    let mut old = DeviceClient::connect(
+        &addr,
+        device_config("old-cam", SUPPORTED_VERSIONS),
+        ClientSettings::default(),
+    )
+    .await
+    .unwrap();
+    assert!(old.send_file(&file, |_| {}).await.unwrap().verified());
+    old.close().await.unwrap();
+
+    let replacement = pki()
+        .root
+        .issue_intermediate("lifecycle issuing CA 2", 2048, Validity::days_from_now(30))
+        .unwrap();
+    let leaf = replacement
+        .issue(
+            Role::Device,
+            "new-cam",
+            &[],
+            2048,
+            Validity::days_from_now(1),
+        )
+        .unwrap();
+    let identity = Identity::from_der(leaf.cert_der, &leaf.key_pkcs8_der, default_provider())
+        .unwrap()
+        .with_chain(replacement.chain().to_vec());
+    let config = DeviceConfig {
+        identity: Arc::new(identity),
+        ..device_config("unused", SUPPORTED_VERSIONS)
+    };
+    let mut new = DeviceClient::connect(&addr, config, ClientSettings::default())
+        .await
+        .unwrap();
+    let id = new.list(Some("old-cam")).await.unwrap()[0].id;
+    let out = tempfile::tempdir().unwrap();
+    let into = secured::client::Destination {
+        path: out.path().to_owned(),
+        is_dir: true,
+        force: false,
+    };
+    let got = new.fetch(id, &into, |_| {}).await.unwrap();
+    assert_eq!(got.signer, "old-cam");
+    assert_eq!(std::fs::read(out.path().join("old.txt")).unwrap(), content);
+    new.close().await.unwrap();
+    server.stop().await;
+}
+
 /// A server without an issuing CA key refuses enrollment and renewal, each
 /// with `enrollment_unavailable`, and serves devices as before.
 #[tokio::test]

@@ -33,7 +33,7 @@ use crate::message::{
     WatchFrom, Wtch,
 };
 use crate::pki::VerifiedPeer;
-use crate::pki::{Identity, TrustAnchor};
+use crate::pki::{CertError, Identity, TrustAnchor};
 use crate::store::validate_file_name;
 use crate::transfer::{open_digest, spawn_reader};
 
@@ -776,10 +776,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> DeviceClient<S> {
             name: head.info.name.clone(),
             error,
         };
-        // The signer's certificate comes alone: its issuing CA is this
-        // device's own (one issuing CA serves a fleet; proto-spec.md §2.1).
-        let intermediates = self.identity.chain();
-        let signer = match verify_head(&head, &self.anchor, intermediates, self.identity.name()) {
+        // The signer's certificate comes alone: its issuing CA is the one
+        // of this device's chain, else the one of the server's verified
+        // path (proto-spec.md §13.5), as after an issuing CA was replaced.
+        let me = self.identity.name();
+        let signer =
+            verify_head(&head, &self.anchor, self.identity.chain(), me).or_else(|e| match e {
+                DownloadError::Certificate {
+                    error: CertError::UnknownIssuer { .. },
+                    ..
+                } => verify_head(&head, &self.anchor, self.server().intermediates(), me),
+                e => Err(e),
+            });
+        let signer = match signer {
             Ok(s) => s,
             // The head alone condemns the file: stop the transfer.
             Err(e) => {

@@ -42,6 +42,7 @@ pub struct CertifiedPeer {
     role: Role,
     serial: Vec<u8>,
     not_after: SystemTime,
+    intermediates: Vec<Vec<u8>>,
 }
 
 impl CertifiedPeer {
@@ -92,6 +93,15 @@ impl CertifiedPeer {
     #[must_use]
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The intermediate CA certificates of a server certificate's verified
+    /// path, nearest issuer first (empty when the root issued the
+    /// certificate, and for a device's certificate, whose path is not
+    /// kept).
+    #[must_use]
+    pub fn intermediates(&self) -> &[Vec<u8>] {
+        &self.intermediates
     }
 }
 
@@ -199,7 +209,7 @@ pub fn verify_chain(
         });
     }
     let parsed = parse(cert_der)?;
-    verify_path(anchor, &parsed, intermediates, now)?;
+    let path = verify_path(anchor, &parsed, intermediates, now)?;
 
     let (not_before, not_after) = (parsed.not_before(), parsed.not_after());
     if now < not_before {
@@ -240,6 +250,13 @@ pub fn verify_chain(
         role,
         serial: parsed.serial().to_vec(),
         not_after,
+        // Kept for a server only: a device verifies the files the server
+        // relays with it, while a server would hold one per session.
+        intermediates: if role == Role::Server {
+            path.into_iter().map(|i| intermediates[i].clone()).collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -257,7 +274,7 @@ pub fn verify_ca(
 ) -> Result<(), CertError> {
     let parsed = parse(ca_der)?;
     check_intermediate(&parsed, 0, anchor, now)?;
-    verify_path(anchor, &parsed, intermediates, now)
+    verify_path(anchor, &parsed, intermediates, now).map(drop)
 }
 
 /// Walks from `leaf` up to the anchor: each certificate's issuer is either
@@ -272,8 +289,10 @@ fn verify_path(
     leaf: &ParsedCert<'_>,
     intermediates: &[Vec<u8>],
     now: SystemTime,
-) -> Result<(), CertError> {
+) -> Result<Vec<usize>, CertError> {
     let mut used = [false; MAX_CHAIN_CERTS];
+    // Which of `intermediates` the path takes, nearest issuer first.
+    let mut taken = Vec::with_capacity(MAX_INTERMEDIATES);
     // Parsed lazily: an intermediate that does not parse is only an error
     // if the path needs it.
     let mut path: Vec<ParsedCert<'_>> = Vec::with_capacity(MAX_INTERMEDIATES);
@@ -292,7 +311,7 @@ fn verify_path(
                     below: path.len(),
                 });
             }
-            return Ok(());
+            return Ok(taken);
         }
         let found = intermediates.iter().enumerate().find_map(|(i, der)| {
             if used[i] {
@@ -328,6 +347,7 @@ fn verify_path(
         })?;
         child.verify_signature(key.as_ref())?;
         used[index] = true;
+        taken.push(index);
         path.push(ca);
     }
 }
