@@ -812,8 +812,7 @@ mod tests {
         write_key_pem_encrypted(&encrypted, key(), &pass("right"), false).unwrap();
         let mode = std::fs::metadata(&encrypted).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let text = std::fs::read_to_string(&encrypted).unwrap();
-        assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        assert!(crate::pki::key_is_encrypted(&encrypted));
         assert!(matches!(
             write_key_pem_encrypted(&encrypted, key(), &pass("right"), false),
             Err(PkiError::Exists { .. })
@@ -844,6 +843,7 @@ mod tests {
         // A plain key does not read the source at all.
         let plain = dir.path().join("p.key");
         write_key_pem(&plain, key(), false).unwrap();
+        assert!(!crate::pki::key_is_encrypted(&plain));
         let nowhere = PassphraseSource::File(dir.path().join("missing"));
         assert_eq!(*read_key_pem_with(&plain, Some(&nowhere)).unwrap(), *key());
     }

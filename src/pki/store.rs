@@ -574,16 +574,13 @@ pub(crate) fn read_key_pem_with(
 /// `ENCRYPTED PRIVATE KEY`); false when it cannot be read.
 #[must_use]
 pub fn key_is_encrypted(path: &Path) -> bool {
-    read_limited(path, "private key")
-        .map(Zeroizing::new)
-        .ok()
-        .and_then(|bytes| {
-            pem::decode_vec(&bytes).ok().map(|(label, der)| {
-                drop(Zeroizing::new(der));
-                label == ENCRYPTED_KEY_LABEL
-            })
-        })
-        .unwrap_or(false)
+    let Ok(bytes) = read_limited(path, "private key").map(Zeroizing::new) else {
+        return false;
+    };
+    pem::decode_vec(&bytes).is_ok_and(|(label, der)| {
+        let _wiped = Zeroizing::new(der);
+        label == ENCRYPTED_KEY_LABEL
+    })
 }
 
 fn not_pem_key(path: &Path) -> PkiError {
@@ -1019,11 +1016,10 @@ mod tests {
             ..test_opts()
         };
         init(&paths, &opts, provider()).unwrap();
-        for stem in ["ca", "server", "device-1"] {
+        for stem in ["ca", ISSUING_CA_STEM, "server", "device-1"] {
             let key = paths.key_file(stem);
             assert_eq!(mode(&key), 0o600);
-            let text = fs::read_to_string(&key).unwrap();
-            assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+            assert!(key_is_encrypted(&key), "{stem}");
         }
         let cert = paths.cert_file("device-1");
         let key = paths.key_file("device-1");
@@ -1082,8 +1078,7 @@ mod tests {
             provider(),
         )
         .unwrap();
-        let text = fs::read_to_string(paths.key_file("device-3")).unwrap();
-        assert!(text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+        assert!(key_is_encrypted(&paths.key_file("device-3")));
         let anchor = TrustAnchor::load(&paths.ca_cert(), provider()).unwrap();
         for stem in ["device-2", "device-3"] {
             let id = Identity::load_with(
