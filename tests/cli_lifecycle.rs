@@ -377,7 +377,8 @@ fn openssl(dir: &Path, args: &[&str]) -> bool {
     }
 }
 
-const PSS: [&str; 8] = [
+/// openssl's options for RSASSA-PSS-SHA256 signatures with a 32-byte salt.
+const PSS: [&str; 7] = [
     "-sigopt",
     "rsa_padding_mode:pss",
     "-sigopt",
@@ -385,24 +386,19 @@ const PSS: [&str; 8] = [
     "-sigopt",
     "rsa_mgf1_md:sha256",
     "-sha256",
-    "-batch",
 ];
 
-/// An extension file for openssl.
-fn ext(dir: &Path, name: &str, body: &str) -> String {
-    std::fs::write(dir.join(name), body).unwrap();
-    name.to_owned()
-}
-
-/// Issues `name.pem` from `csr` with the CA `ca` (`ca.pem`, `ca.key`),
-/// with PSS (or PKCS#1 v1.5 when `pss` is false) and the extensions of
-/// section `[v3]` in `extfile`.
-fn sign(dir: &Path, name: &str, ca: &str, extfile: &str, pss: bool) -> bool {
-    let (cert, key, csr) = (
+/// Issues `name.pem` (and `name.key`) with the CA `ca` (`ca.pem`,
+/// `ca.key`), with PSS (or PKCS#1 v1.5 when `pss` is false) and the
+/// extensions `v3` (openssl's extension-file lines).
+fn sign(dir: &Path, name: &str, ca: &str, v3: &str, pss: bool) -> bool {
+    let (cert, key, csr, extfile) = (
         format!("{name}.pem"),
         format!("{name}.key"),
         format!("{name}.csr"),
+        format!("{name}.ext"),
     );
+    std::fs::write(dir.join(&extfile), format!("[v3]\n{v3}")).unwrap();
     if !openssl(
         dir,
         &[
@@ -436,14 +432,14 @@ fn sign(dir: &Path, name: &str, ca: &str, extfile: &str, pss: bool) -> bool {
         "-days",
         "30",
         "-extfile",
-        extfile,
+        &extfile,
         "-extensions",
         "v3",
         "-out",
         &cert,
     ];
     if pss {
-        args.extend_from_slice(&PSS[..7]);
+        args.extend_from_slice(&PSS);
     } else {
         args.push("-sha256");
     }
@@ -474,60 +470,42 @@ fn pki_verify_accepts_another_cas_certificates_that_meet_the_profile() {
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     ];
-    root.extend_from_slice(&PSS[..7]);
+    root.extend_from_slice(&PSS);
     if !openssl(d, &root) {
         eprintln!(
             "openssl is not installed: the table of openssl-made certificates is not run here"
         );
         return;
     }
-    let ca_ext = ext(
-        d,
-        "ca.ext",
-        "[v3]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
-    );
-    assert!(sign(d, "issuing", "root", &ca_ext, true));
-    let server_ext = ext(
-        d,
-        "server.ext",
-        "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:host.example.net,IP:192.0.2.10\n",
-    );
-    assert!(sign(d, "srv", "issuing", &server_ext, true));
-    let device_ext = ext(
-        d,
-        "device.ext",
-        "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    );
-    assert!(sign(d, "cam-1", "issuing", &device_ext, true));
-    // Refused: PKCS#1 v1.5, no SAN on a server, a CA as a leaf, an unknown
-    // critical extension, name constraints on the CA, path length.
-    assert!(sign(d, "v15", "issuing", &device_ext, false));
-    let nosan = ext(
-        d,
-        "nosan.ext",
-        "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    );
-    assert!(sign(d, "nosan", "issuing", &nosan, true));
-    let critical = ext(
-        d,
-        "crit.ext",
-        "[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n1.3.6.1.4.1.55555.1=critical,ASN1:NULL\n",
-    );
-    assert!(sign(d, "crit", "issuing", &critical, true));
-    let constrained = ext(
-        d,
-        "nc.ext",
-        "[v3]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nnameConstraints=critical,permitted;DNS:example.net\n",
-    );
-    assert!(sign(d, "ncca", "root", &constrained, true));
-    assert!(sign(d, "under-nc", "ncca", &device_ext, true));
-    let deeper = ext(
-        d,
-        "deep.ext",
-        "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
-    );
-    assert!(sign(d, "sub", "issuing", &deeper, true));
-    assert!(sign(d, "too-deep", "sub", &device_ext, true));
+    const CA: &str = "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n";
+    const SERVER: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n";
+    const DEVICE: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n";
+    let with_san = format!("{SERVER}subjectAltName=DNS:host.example.net,IP:192.0.2.10\n");
+    let critical = format!("{DEVICE}1.3.6.1.4.1.55555.1=critical,ASN1:NULL\n");
+    let constrained = format!("{CA}nameConstraints=critical,permitted;DNS:example.net\n");
+    // (name, issuer, extensions, PSS): the good chain first, then what
+    // is refused: PKCS#1 v1.5, no SAN on a server, an unknown critical
+    // extension, name constraints on the CA, a path too long for pathLen.
+    let certificates: &[(&str, &str, &str, bool)] = &[
+        ("issuing", "root", CA, true),
+        ("srv", "issuing", &with_san, true),
+        ("cam-1", "issuing", DEVICE, true),
+        ("v15", "issuing", DEVICE, false),
+        ("nosan", "issuing", SERVER, true),
+        ("crit", "issuing", &critical, true),
+        ("ncca", "root", &constrained, true),
+        ("under-nc", "ncca", DEVICE, true),
+        (
+            "sub",
+            "issuing",
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\n",
+            true,
+        ),
+        ("too-deep", "sub", DEVICE, true),
+    ];
+    for (name, issuer, v3, pss) in certificates {
+        assert!(sign(d, name, issuer, v3, *pss), "{name}");
+    }
     std::fs::write(
         d.join("deep-chain.pem"),
         [
@@ -543,31 +521,18 @@ fn pki_verify_accepts_another_cas_certificates_that_meet_the_profile() {
         all.extend_from_slice(args);
         secured(d, &all)
     };
-    assert_success(&verify(&[
-        "--untrusted",
-        "issuing.pem",
-        "--role",
-        "server",
-        "--name",
-        "host.example.net",
-        "srv.pem",
-    ]));
-    assert_success(&verify(&[
-        "--untrusted",
-        "issuing.pem",
-        "--role",
-        "server",
-        "--name",
-        "192.0.2.10",
-        "srv.pem",
-    ]));
-    assert_success(&verify(&[
-        "--untrusted",
-        "issuing.pem",
-        "--role",
-        "device",
-        "cam-1.pem",
-    ]));
+    for (role, name, cert) in [
+        ("server", Some("host.example.net"), "srv.pem"),
+        ("server", Some("192.0.2.10"), "srv.pem"),
+        ("device", None, "cam-1.pem"),
+    ] {
+        let mut args = vec!["--untrusted", "issuing.pem", "--role", role];
+        if let Some(name) = name {
+            args.extend(["--name", name]);
+        }
+        args.push(cert);
+        assert_success(&verify(&args));
+    }
     let refused: &[(&[&str], &str)] = &[
         (
             &["--role", "device", "cam-1.pem"],

@@ -146,13 +146,7 @@ impl Enrolled {
         )
         .unwrap()
         .with_chain(self.issued.chain.clone());
-        DeviceConfig {
-            identity: Arc::new(identity),
-            anchor: Arc::new(pki().root.trust_anchor().clone()),
-            server_name: "localhost".parse().unwrap(),
-            provider: default_provider(),
-            versions: SUPPORTED_VERSIONS,
-        }
+        device_config_of(identity, SUPPORTED_VERSIONS)
     }
 }
 
@@ -264,6 +258,11 @@ fn device_config(name: &str, versions: &'static [u16]) -> DeviceConfig {
     let identity = Identity::from_der(leaf.cert_der, &leaf.key_pkcs8_der, default_provider())
         .unwrap()
         .with_chain(pki().issuing.chain().to_vec());
+    device_config_of(identity, versions)
+}
+
+/// A device with `identity`, trusting the test root, dialling `localhost`.
+fn device_config_of(identity: Identity, versions: &'static [u16]) -> DeviceConfig {
     DeviceConfig {
         identity: Arc::new(identity),
         anchor: Arc::new(pki().root.trust_anchor().clone()),
@@ -271,6 +270,17 @@ fn device_config(name: &str, versions: &'static [u16]) -> DeviceConfig {
         provider: default_provider(),
         versions,
     }
+}
+
+/// Asserts that the session still serves: a text is acknowledged.
+async fn still_served(s: &mut Session<TcpStream>, stream: u32) {
+    s.send(&Message::Secx(secured::message::Secx {
+        stream: StreamId(stream),
+        text: "still served".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(s.recv().await.unwrap(), Message::Ack(_)));
 }
 
 /// An ordinary session of a device of `name`.
@@ -388,13 +398,7 @@ async fn v3_refusals_on_the_wire() {
     assert_eq!(stream, StreamId(1));
     expect_case("v3-in-v2", &format!("ACK_ {}", status.name()));
     assert_eq!(status, AckStatus::Unsupported);
-    s.send(&Message::Secx(secured::message::Secx {
-        stream: StreamId(3),
-        text: "still here".into(),
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(s.recv().await.unwrap(), Message::Ack(_)));
+    still_served(&mut s, 3).await;
     server.stop().await;
 }
 
@@ -438,10 +442,7 @@ async fn a_device_of_a_new_issuing_ca_verifies_files_signed_under_the_old_one() 
     let identity = Identity::from_der(leaf.cert_der, &leaf.key_pkcs8_der, default_provider())
         .unwrap()
         .with_chain(replacement.chain().to_vec());
-    let config = DeviceConfig {
-        identity: Arc::new(identity),
-        ..device_config("unused", SUPPORTED_VERSIONS)
-    };
+    let config = device_config_of(identity, SUPPORTED_VERSIONS);
     let mut new = DeviceClient::connect(&addr, config, ClientSettings::default())
         .await
         .unwrap();
@@ -490,13 +491,7 @@ async fn a_server_without_an_issuing_ca_refuses_to_issue() {
     );
 
     let mut s = device_session(server.addr, "probe-6", SUPPORTED_VERSIONS).await;
-    s.send(&Message::Secx(secured::message::Secx {
-        stream: StreamId(1),
-        text: "served".into(),
-    }))
-    .await
-    .unwrap();
-    assert!(matches!(s.recv().await.unwrap(), Message::Ack(_)));
+    still_served(&mut s, 1).await;
     server.stop().await;
 }
 

@@ -487,22 +487,30 @@ async fn reload_on_hangup(trust: server::TrustHandle, files: TrustFiles) {
         return;
     };
     while hangup.recv().await.is_some() {
-        match files.load() {
-            Ok((config, issuer)) => {
-                let crl = trust.current().crl.clone();
-                trust.replace(server::Trust {
-                    config,
-                    issuer,
-                    crl,
-                });
-                tracing::info!("reloaded the certificates and keys (SIGHUP)");
-                if files.crl.exists() {
-                    let _ = server::trust::load_into(&trust, &files.crl);
-                }
+        // Blocking work, off the runtime: files, a passphrase (perhaps from
+        // the terminal), scrypt for an encrypted key, RSA and CRL checks.
+        let (trust, files) = (trust.clone(), files.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&trust, &files)).await;
+    }
+}
+
+/// One SIGHUP reload; a reload that fails keeps what was loaded.
+fn reload(trust: &server::TrustHandle, files: &TrustFiles) {
+    match files.load() {
+        Ok((config, issuer)) => {
+            let crl = trust.current().crl.clone();
+            trust.replace(server::Trust {
+                config,
+                issuer,
+                crl,
+            });
+            tracing::info!("reloaded the certificates and keys (SIGHUP)");
+            if files.crl.exists() {
+                let _ = server::trust::load_into(trust, &files.crl);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reload failed (SIGHUP); keeping the previous certificates")
-            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reload failed (SIGHUP); keeping the previous certificates")
         }
     }
 }

@@ -166,7 +166,9 @@ pub async fn follow_crl(
         if stamp != seen {
             seen = stamp;
             if seen.is_some() {
-                load_into(&handle, &path);
+                // Parsing and verifying up to 1 MiB of CRL is blocking work.
+                let (h, p) = (handle.clone(), path.clone());
+                let _ = tokio::task::spawn_blocking(move || load_into(&h, &p)).await;
             }
         }
         tokio::select! {
